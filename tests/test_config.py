@@ -31,7 +31,7 @@ def test_round_trip():
 
 
 def test_unknown_key_rejected_with_names():
-    with pytest.raises(ConfigError, match="unknown key.*widht"):
+    with pytest.raises(ConfigError, match=r"unknown key.*widht"):
         Outer.from_dict({"inner": {"widht": 3}})
 
 
@@ -42,7 +42,7 @@ def test_wrong_types_rejected():
         Outer.from_dict({"kind": "c"})
     with pytest.raises(ConfigError, match="expected a list"):
         Inner.from_dict({"mults": 3})
-    with pytest.raises(ConfigError, match="expected true or false|expected an integer"):
+    with pytest.raises(ConfigError, match=r"expected true or false|expected an integer"):
         Inner.from_dict({"width": True})
 
 
