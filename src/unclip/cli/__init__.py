@@ -20,7 +20,7 @@ from unclip.errors import UserError
 
 # Subcommand modules, in the order `--help` lists them. A module that fails to import because an
 # optional extra is missing is still listed, and says which extra to install when called.
-_COMMANDS: tuple[str, ...] = ("selfcheck", "data")
+_COMMANDS: tuple[str, ...] = ("selfcheck", "data", "train", "embed", "evaluate")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,196 @@
+"""Decoder and upsampler throughput: bf16 autocast (+ channels_last) vs fp32, in one run.
+
+Measures, at the CPU bundle sizes (decoder 32 px, upsampler 32 -> 128 trained on 32 px crops):
+
+* training images/s (forward + backward + AdamW step) per precision / memory layout;
+* sampling image-evaluations/s (one network forward per image per step; the decoder's guided
+  batch counts both the conditional and the unconditional half);
+* achieved GFLOP/s of those, with FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode``,
+  next to the plain-matmul GFLOP/s of this machine measured in the same run (fp32 and bf16), so
+  "how far from the hardware" is a ratio rather than a guess.
+
+Timings take the best of several repeats (the CPU may be shared). Run::
+
+    python bench/decoder_throughput.py [--threads 2] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from unclip.models.decoder import Decoder, DecoderConfig
+from unclip.models.upsampler import Upsampler, UpsamplerConfig
+from unclip.nn.precision import autocast
+from unclip.presets import get_preset
+
+CLIP_DIM, TEXT_DIM, TEXT_LEN = 128, 192, 32  # the shapes CLIP's widths
+
+
+def best_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+def matmul_gflops(dtype: torch.dtype, repeats: int, n: int = 1024) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    k = 8
+    t = best_time(lambda: [a @ b for _ in range(k)], repeats)
+    return 2 * n**3 * k / t / 1e9
+
+
+def make_decoder() -> tuple[Decoder, Callable[[int], dict]]:
+    cfg = DecoderConfig.from_dict(
+        {**get_preset("decoder-shapes")["model"], "clip_dim": CLIP_DIM, "text_dim": TEXT_DIM}
+    )
+    torch.manual_seed(0)
+    model = Decoder(cfg)
+
+    def batch(b: int) -> dict:
+        s = cfg.image_size
+        return {
+            "x": torch.randn(b, 3, s, s),
+            "kw": {
+                "image_emb": torch.randn(b, CLIP_DIM),
+                "text_tokens": torch.randn(b, TEXT_LEN, TEXT_DIM),
+                "text_mask": torch.ones(b, TEXT_LEN, dtype=torch.bool),
+                "drop_image": torch.zeros(b, dtype=torch.bool),
+                "drop_text": torch.zeros(b, dtype=torch.bool),
+            },
+        }
+
+    return model, batch
+
+
+def make_upsampler(size: int) -> tuple[Upsampler, Callable[[int], dict]]:
+    cfg = UpsamplerConfig.from_dict(get_preset("upsampler-32-128")["model"])
+    torch.manual_seed(0)
+    model = Upsampler(cfg)
+
+    def batch(b: int) -> dict:
+        return {
+            "x": torch.randn(b, 3, size, size),
+            "kw": {"low_res": torch.randn(b, 3, size, size), "noise_level": torch.zeros(b, dtype=torch.long)},
+        }
+
+    return model, batch
+
+
+def measure(
+    model: torch.nn.Module, batch: Callable[[int], dict], train_b: int, eval_b: int, repeats: int
+) -> dict:
+    """Train img/s and eval img-evals/s (+ GFLOP/s) for fp32, bf16 and bf16 + channels_last."""
+    results = {}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    tb, eb = batch(train_b), batch(eval_b)
+    t_train = torch.randint(0, 1000, (train_b,))
+    t_eval = torch.randint(0, 1000, (eval_b,))
+    for name, prec, cl in (("fp32", "fp32", False), ("bf16", "bf16", False), ("bf16+cl", "bf16", True)):
+        model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        model.train()
+
+        def step(prec: str = prec) -> None:
+            with autocast("cpu", prec):
+                out = model(tb["x"], t_train, **tb["kw"])
+            out.float().square().mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        def fwd_bwd(prec: str = prec) -> None:
+            with autocast("cpu", prec):
+                out = model(tb["x"], t_train, **tb["kw"])
+            out.float().square().mean().backward()
+            model.zero_grad(set_to_none=True)
+
+        train_s = best_time(step, repeats)
+        train_flops = count_flops(fwd_bwd)
+        model.eval()
+
+        def evaluate(prec: str = prec) -> None:
+            with torch.inference_mode(), autocast("cpu", prec):
+                model(eb["x"], t_eval, **eb["kw"])
+
+        eval_s = best_time(evaluate, repeats)
+        eval_flops = count_flops(evaluate)
+        results[name] = {
+            "train_img_s": train_b / train_s,
+            "train_gflops": train_flops / train_s / 1e9,
+            "eval_img_s": eval_b / eval_s,
+            "eval_gflops": eval_flops / eval_s / 1e9,
+            "gflop_per_img_fwd": eval_flops / eval_b / 1e9,
+        }
+    model.to(memory_format=torch.contiguous_format)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--batch", type=int, default=64, help="training batch (decoder images / upsampler crops)"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    mm = {
+        "fp32": matmul_gflops(torch.float32, args.repeats),
+        "bf16": matmul_gflops(torch.bfloat16, args.repeats),
+    }
+    print(
+        f"threads {args.threads}; plain 1024^3 matmul: fp32 {mm['fp32']:.0f} GFLOP/s, bf16 {mm['bf16']:.0f} GFLOP/s"
+    )
+
+    rows = []
+    dec, dec_batch = make_decoder()
+    print(f"decoder: {sum(p.numel() for p in dec.parameters()) / 1e6:.1f}M params, 32 px")
+    rows.append(("decoder 32px", measure(dec, dec_batch, args.batch, 2 * 16, args.repeats)))
+    up, up_crop = make_upsampler(32)
+    print(
+        f"upsampler: {sum(p.numel() for p in up.parameters()) / 1e6:.1f}M params, train 32 px crops, sample 128 px"
+    )
+    train_res = measure(up, up_crop, args.batch, 16, args.repeats)
+    _, up_full = make_upsampler(128)
+    full_res = measure(up, up_full, 4, 4, args.repeats)
+    for k in train_res:  # training on crops, sampling at full size
+        train_res[k].update({n: full_res[k][n] for n in ("eval_img_s", "eval_gflops", "gflop_per_img_fwd")})
+    rows.append(("upsampler 32->128", train_res))
+
+    head = f"{'model':<18} {'mode':<8} {'train img/s':>11} {'GFLOP/s':>8} {'%bf16mm':>7} {'sample img-eval/s':>17} {'GFLOP/s':>8} {'%bf16mm':>7}"
+    print(head)
+    for name, res in rows:
+        for mode, r in res.items():
+            pct_t = 100 * r["train_gflops"] / mm["bf16"]
+            pct_e = 100 * r["eval_gflops"] / mm["bf16"]
+            print(
+                f"{name:<18} {mode:<8} {r['train_img_s']:>11.1f} {r['train_gflops']:>8.1f} {pct_t:>6.1f}% "
+                f"{r['eval_img_s']:>17.1f} {r['eval_gflops']:>8.1f} {pct_e:>6.1f}%"
+            )
+        base = res["fp32"]
+        best = max(res, key=lambda k: res[k]["train_img_s"])
+        print(
+            f"{name:<18} speed-up over fp32: train x{res['bf16+cl']['train_img_s'] / base['train_img_s']:.2f} "
+            f"(bf16+cl), x{res['bf16']['train_img_s'] / base['train_img_s']:.2f} (bf16); "
+            f"sampling x{res['bf16+cl']['eval_img_s'] / base['eval_img_s']:.2f} (bf16+cl), "
+            f"x{res['bf16']['eval_img_s'] / base['eval_img_s']:.2f} (bf16); fastest training: {best}; "
+            f"{res['fp32']['gflop_per_img_fwd']:.2f} GFLOP per forward image"
+        )
+
+
+if __name__ == "__main__":
+    main()

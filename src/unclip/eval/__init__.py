@@ -1,0 +1,1 @@
+"""Evaluation: measuring CLIPs and whole models the way the paper does (see docs/)."""

@@ -1,0 +1,255 @@
+"""Training our CLIP with the shared loop (``unclip train clip``).
+
+Paper App. C: CLIP is trained with the symmetric contrastive objective of Radford et al. 2021 and a
+learned temperature; unCLIP then keeps it frozen. Here: AdamW, warmup + cosine, bf16 autocast,
+gradient clipping, optional EMA, all from :mod:`unclip.train.loop`.
+
+Run directory layout::
+
+    RUN/run.json        stage, model config, train config, data spec (checked on --resume)
+    RUN/tokenizer.json  the BPE tokenizer trained on the data's captions (our text tower)
+    RUN/state.pt        the atomic training checkpoint
+    RUN/log.csv         per-interval loss, lr, grad norm, in-batch accuracy, images/s
+    RUN/eval.csv        periodic quick evaluation (retrieval, shapes zero-shot)
+    RUN/clip/           the usable model (component directory), refreshed at every checkpoint
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unclip.checkpoint import atomic_write_bytes
+from unclip.clip.config import ClipConfig
+from unclip.clip.loss import caption_positives, contrastive_loss
+from unclip.clip.model import TOKENIZER_FILE, ClipModel
+from unclip.clip.tokenizer import load_bpe, train_bpe
+from unclip.errors import UserError
+from unclip.train.config import TrainConfig
+from unclip.train.data import ShapesBatches, caption_corpus, describe_data, open_data, parse_size
+from unclip.train.loop import Trainer, TrainResult
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+EXPORT_DIR = "clip"
+
+
+def clip_loss(model: ClipModel, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Symmetric InfoNCE on one batch.
+
+    Positives: identical captions, and on the shapes world every caption that is true of an image
+    (from the scene specs), so that "a star" is not pushed away from every other star in the batch.
+    """
+    device = model.device
+    pixels = model.preprocess(batch["image"].to(device))
+    ids, mask = model.tokenize(batch["caption"])
+    img, txt, scale = model(pixels, ids, mask)
+    if "spec" in batch:
+        positives = shapes_positives(batch["caption"], batch["spec"]).t().to(device)
+    else:
+        positives = caption_positives(batch["caption"], device)
+    return contrastive_loss(img, txt, scale, positives)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parsed_caption(text: str) -> Any:
+    from unclip.data.shapes import parse_caption
+
+    try:
+        return parse_caption(text)
+    except UserError:
+        return None
+
+
+def _caption_true_of(
+    cs: Any, objs: list[dict[str, str]], xys: list[tuple[float, float]], background: str
+) -> bool:
+    """Whether a parsed caption is true of a scene: same number of objects, the stated
+    background, and some one-to-one assignment of mentions to objects that satisfies every pinned
+    attribute and the stated relation."""
+    from unclip.data.shapes import relation_holds
+    from unclip.data.shapes.captions import mention_matches
+
+    if cs is None or len(cs.mentions) != len(objs):
+        return False
+    if cs.background is not None and cs.background != background:
+        return False
+    for perm in itertools.permutations(range(len(objs))):
+        if all(mention_matches(m, objs[p]) for m, p in zip(cs.mentions, perm)):
+            if cs.relation is None:
+                return True
+            i, rel, j = cs.relation
+            if relation_holds(xys[perm[i]], xys[perm[j]], rel):
+                return True
+    return False
+
+
+def shapes_positives(captions: Sequence[str], specs: Sequence[dict[str, Any]]) -> torch.Tensor:
+    """(B, B) bool: ``[i, j]`` True when caption i is true of scene j (shapes world ground truth).
+
+    The diagonal is always True (a caption describes its own scene even if it fails to parse).
+    """
+    from unclip.data.shapes import position_name
+
+    scenes = []
+    for spec in specs:
+        objs = spec["objects"]
+        attrs = [
+            {
+                "shape": o["shape"],
+                "color": o["color"],
+                "size": o["size"],
+                "fill": o["fill"],
+                "position": position_name(o["x"], o["y"]),
+            }
+            for o in objs
+        ]
+        scenes.append((attrs, [(o["x"], o["y"]) for o in objs], spec["background"]))
+    parsed = [_parsed_caption(c) for c in captions]
+    out = torch.zeros(len(captions), len(specs), dtype=torch.bool)
+    for i, cs in enumerate(parsed):
+        for j, (attrs, xys, bg) in enumerate(scenes):
+            out[i, j] = i == j or _caption_true_of(cs, attrs, xys, bg)
+    return out
+
+
+def build_tokenizer(config: ClipConfig, data: str, run_dir: Path, seed: int) -> Any:
+    """Load RUN/tokenizer.json, or train a BPE tokenizer on the data's captions and write it there."""
+    path = run_dir / TOKENIZER_FILE
+    if path.is_file():
+        return load_bpe(path, config.text.context_length)
+    captions = caption_corpus(data, seed=seed)
+    if not captions:
+        raise UserError(f"no captions found in {data} to train a tokenizer on")
+    tok = train_bpe(captions, config.text.vocab_size, config.text.context_length)
+    logger.info("trained a BPE tokenizer on %d captions: %d tokens", len(captions), tok.vocab_size)
+    tok.save(path)
+    return tok
+
+
+def _check_run(run_dir: Path, record: dict[str, Any]) -> None:
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    for key in ("stage", "model", "data", "counterfactual"):
+        if saved.get(key) != record.get(key):
+            raise UserError(
+                f"{run_dir} holds a run with a different {key} ({saved.get(key)!r}); "
+                "resume with the same settings or choose a new --out"
+            )
+    fixed = ("batch_size", "grad_accum", "seed")
+    for key in fixed:
+        if saved["train"].get(key) != record["train"].get(key):
+            raise UserError(
+                f"cannot change train.{key} on --resume ({saved['train'].get(key)} -> {record['train'].get(key)})"
+            )
+
+
+def train_clip(
+    model_config: ClipConfig,
+    train_config: TrainConfig,
+    data: str,
+    run_dir: str | Path,
+    resume: bool = False,
+    num_workers: int = 0,
+    sample_fn: Any = None,
+    device: str | None = None,
+    counterfactual: bool = True,
+) -> TrainResult:
+    """Train a CLIP on ``data`` into ``run_dir``.
+
+    Args:
+        model_config: the CLIP to build.
+        train_config: optimisation and cadence.
+        data: a ``--data`` spec (see :func:`unclip.train.data.open_data`).
+        run_dir: the run directory (see the module docstring).
+        resume: continue the run in ``run_dir``; without it an existing run is an error.
+        num_workers: data loading workers.
+        sample_fn: periodic quick evaluation hook (default: :func:`default_eval_fn` for the data).
+        device: default from the environment.
+        counterfactual: on the shapes world, fill half of each batch with one-attribute edits
+            of the other half (see :class:`unclip.train.data.ShapesBatches`).
+
+    Raises:
+        UserError: an existing run without ``resume``, or a resume with different settings.
+    """
+    run_dir = Path(run_dir)
+    describe_data(data)  # fail early on a bad spec
+    is_shapes = describe_data(data) == "shapes"
+    record = {
+        "stage": "clip",
+        "model": model_config.to_dict(),
+        "train": train_config.to_dict(),
+        "data": data,
+        "counterfactual": counterfactual and is_shapes,
+    }
+    has_state = (run_dir / "state.pt").is_file()
+    if has_state and not resume:
+        raise UserError(
+            f"{run_dir} already holds a training run; pass --resume to continue it or choose a new --out"
+        )
+    if resume:
+        _check_run(run_dir, record)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(run_dir / RUN_FILE, (json.dumps(record, indent=2) + "\n").encode())
+
+    torch.manual_seed(train_config.seed)  # model init is part of the run's identity
+    tokenizer = None
+    if model_config.text.tower == "transformer":
+        tokenizer = build_tokenizer(model_config, data, run_dir, train_config.seed)
+    model = ClipModel(model_config, tokenizer)
+    if is_shapes and counterfactual:
+        size = parse_size(data, model_config.vision.image_size)
+        stream: Any = ShapesBatches(
+            size, train_config.micro_batch_size, seed=train_config.seed, counterfactual=True
+        )
+    else:
+        stream = open_data(
+            data,
+            model_config.vision.image_size,
+            train_config.micro_batch_size,
+            seed=train_config.seed,
+            num_workers=num_workers,
+        )
+    if sample_fn is None:
+        sample_fn = default_eval_fn(data, model_config.vision.image_size)
+
+    def export(m: torch.nn.Module, out: Path) -> None:
+        m.save(out / EXPORT_DIR, extra={"data": data, "train_config": train_config.to_dict()})  # type: ignore[operator]
+
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("CLIP: %.2fM trainable parameters; data %s", n_params / 1e6, data)
+    trainer = Trainer(
+        model,
+        clip_loss,
+        stream,
+        train_config,
+        run_dir,
+        export_fn=export,
+        sample_fn=sample_fn,
+        extra_state=record,
+        device=device,
+    )
+    return trainer.run(resume=resume)
+
+
+def default_eval_fn(data: str, image_size: int) -> Any:
+    """A quick periodic evaluation suited to the data (shapes: zero-shot attributes + retrieval)."""
+    if describe_data(data) != "shapes":
+        return None
+
+    def fn(model: ClipModel, step: int, run_dir: Path) -> dict[str, float]:
+        from unclip.eval.clip_eval import quick_shapes_eval
+
+        return quick_shapes_eval(model, image_size=image_size)
+
+    return fn

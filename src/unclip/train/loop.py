@@ -1,0 +1,397 @@
+"""The one training loop every stage uses.
+
+A stage supplies a model, ``loss_fn(model, batch) -> (loss, metrics)``, a resumable batch stream
+(:class:`unclip.train.data.BatchStream`), a :class:`~unclip.train.config.TrainConfig` and a run
+directory; optionally ``export_fn(model, run_dir)`` (writes the usable model, e.g. a component
+directory) and ``sample_fn(model, step, run_dir) -> metrics | None`` (sample grids, quick evals).
+
+The loop handles autocast, gradient accumulation, clipping, EMA, the warmup-cosine schedule, a
+progress bar, ``log.csv`` (+ ``eval.csv`` for what ``sample_fn`` returns), atomic checkpoints
+every ``save_every`` steps, SIGTERM/SIGINT (finish the step, save, return) and resume.
+
+Resume contract: the state restores model, EMA, optimizer, step, RNG states and the data stream's
+position, so a run stopped at a checkpoint and resumed computes the same weights, bit for bit on
+the same machine and thread count, as one that never stopped (tested). A kill between
+checkpoints loses the steps since the last one.
+
+Distributed training can wrap this later: the device comes from the environment
+(``resolve_device``), nothing names cuda, and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from unclip.checkpoint import CheckpointError
+from unclip.nn.precision import autocast, default_precision, resolve_device
+from unclip.progress import progress
+from unclip.train.config import TrainConfig
+from unclip.train.data import BatchStream
+from unclip.train.ema import EMA
+from unclip.train.optim import WarmupCosine, make_optimizer
+from unclip.train.state import (
+    STATE_FILE,
+    capture_rng,
+    cleanup_temp_files,
+    load_train_state,
+    restore_rng,
+    save_train_state,
+    seed_everything,
+)
+
+logger = logging.getLogger(__name__)
+
+LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
+ExportFn = Callable[[nn.Module, Path], None]
+SampleFn = Callable[[nn.Module, int, Path], "dict[str, float] | None"]
+
+LOG_FILE = "log.csv"
+EVAL_FILE = "eval.csv"
+MAX_BAD_STEPS = 10
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a call to :meth:`Trainer.run` did.
+
+    Attributes:
+        step: optimizer steps done in total (including before a resume).
+        interrupted: stopped early by a signal or :meth:`Trainer.request_stop`.
+        train_seconds: wall time spent in training steps, summed over resumed sessions.
+        cpu_seconds: CPU time (all threads of this process) spent in training steps, summed over
+            resumed sessions; on a shared machine the fair measure of training cost.
+        images_per_second: samples per second of this session's steps.
+        last_metrics: averaged metrics of the last log interval.
+    """
+
+    step: int
+    interrupted: bool
+    train_seconds: float
+    cpu_seconds: float
+    images_per_second: float
+    last_metrics: dict[str, float]
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or not distributed): the only process that writes files."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+class _CsvLog:
+    """Append-only CSV whose columns are fixed by the first row; truncatable to a step on resume."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fields: list[str] | None = None
+        if path.is_file():
+            with path.open(newline="") as f:
+                header = next(csv.reader(f), None)
+            self.fields = header or None
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows logged after ``step`` (they belong to steps a resume will redo)."""
+        if not self.path.is_file():
+            return
+        with self.path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        keep = [r for r in rows if int(float(r.get("step", 0) or 0)) <= step]
+        if len(keep) != len(rows) and self.fields:
+            with self.path.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self.fields)
+                w.writeheader()
+                w.writerows(keep)
+
+    def write(self, row: dict[str, Any]) -> None:
+        new = self.fields is None
+        if new:
+            self.fields = list(row)
+        with self.path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+class Trainer:
+    """Train ``model`` with ``loss_fn`` on ``data``; see the module docstring.
+
+    Args:
+        model: the module to train (moved to the device).
+        loss_fn: ``loss_fn(model, batch) -> (scalar loss, {name: float})``; called under autocast.
+        data: resumable stream of micro-batches of ``config.micro_batch_size`` samples.
+        config: optimisation and cadence.
+        run_dir: where state.pt, log.csv, eval.csv and exports go.
+        export_fn: writes the usable model (called with EMA weights applied when EMA is on).
+        sample_fn: called every ``config.sample_every`` steps (EMA weights applied, eval mode).
+        extra_state: JSON-like dict stored in the checkpoint (e.g. the stage's configs).
+        device: defaults to the environment's (cuda if available, else cpu).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        data: BatchStream,
+        config: TrainConfig,
+        run_dir: str | Path,
+        *,
+        export_fn: ExportFn | None = None,
+        sample_fn: SampleFn | None = None,
+        extra_state: dict[str, Any] | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(device)
+        self.precision = default_precision(self.device) if config.precision == "auto" else config.precision
+        self.model = model.to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loss_fn = loss_fn
+        self.data = data
+        self.run_dir = Path(run_dir)
+        self.export_fn = export_fn
+        self.sample_fn = sample_fn
+        self.extra_state = extra_state or {}
+        self.optimizer = make_optimizer(self.model, config)
+        self.schedule = WarmupCosine.from_config(config)
+        self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
+        self.step = 0
+        self.train_seconds = 0.0
+        self.cpu_seconds = 0.0
+        self._stop = False
+        self._bad_steps = 0
+
+    # --- state -------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / STATE_FILE
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "schedule": self.schedule.state_dict(),
+            "rng": capture_rng(),
+            "data": self.data.state_dict(),
+            "train_config": self.config.to_dict(),
+            "extra": self.extra_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.cpu_seconds = float(state.get("cpu_seconds", 0.0))
+        self.data.load_state_dict(state["data"])
+        restore_rng(state["rng"])
+
+    def save(self) -> None:
+        """Write state.pt atomically, then export the usable model (rank 0 only)."""
+        if not is_main_process():
+            return
+        save_train_state(self.state_path, self.state_dict())
+        self.export()
+
+    def export(self) -> None:
+        if self.export_fn is None or not is_main_process():
+            return
+        with self._eval_weights() as m:
+            self.export_fn(m, self.run_dir)
+
+    def try_resume(self) -> bool:
+        """Load ``run_dir/state.pt`` if present. Returns whether a checkpoint was loaded."""
+        cleanup_temp_files(self.run_dir) if self.run_dir.is_dir() else None
+        if not self.state_path.is_file():
+            return False
+        state = load_train_state(self.state_path)
+        try:
+            self.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(
+                f"{self.state_path} does not fit this model/optimizer/data ({str(e).splitlines()[0]}); "
+                "use a new run directory"
+            ) from None
+        _CsvLog(self.run_dir / LOG_FILE).truncate_after(self.step)
+        _CsvLog(self.run_dir / EVAL_FILE).truncate_after(self.step)
+        logger.info("resumed from %s at step %d", self.state_path, self.step)
+        return True
+
+    def request_stop(self) -> None:
+        """Finish the current step, save and return from :meth:`run` (also what signals do)."""
+        self._stop = True
+
+    # --- helpers -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _eval_weights(self) -> Iterator[nn.Module]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if self.ema is not None:
+                with self.ema.applied(self.model) as m:
+                    yield m
+            else:
+                yield self.model
+        finally:
+            self.model.train(was_training)
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, _frame: Any) -> None:
+            logger.warning("signal %d: finishing this step, saving, then stopping", signum)
+            self._stop = True
+            # A second signal stops immediately; the atomic save keeps the last checkpoint intact.
+            signal.signal(signum, previous[signum])
+
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in previous:
+            signal.signal(s, handler)
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _train_step(self) -> tuple[float, float, dict[str, float]]:
+        """One optimizer step over ``grad_accum`` micro-batches. Returns (loss, grad norm, metrics)."""
+        cfg = self.config
+        lr = self.schedule.apply(self.optimizer, self.step)
+        total = 0.0
+        metrics: dict[str, float] = {}
+        for _ in range(cfg.grad_accum):
+            batch = next(self.data)
+            with autocast(self.device, self.precision):
+                loss, m = self.loss_fn(self.model, batch)
+            (loss.float() / cfg.grad_accum).backward()
+            total += loss.item() / cfg.grad_accum
+            for k, v in m.items():
+                metrics[k] = metrics.get(k, 0.0) + float(v) / cfg.grad_accum
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if cfg.grad_clip > 0:
+            gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        else:
+            gnorm = float(
+                torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            )
+        if math.isfinite(total) and math.isfinite(gnorm):
+            self.optimizer.step()
+            self._bad_steps = 0
+            if self.ema is not None:
+                self.ema.update(self.model)
+        else:
+            self._bad_steps += 1
+            logger.warning(
+                "step %d: non-finite loss/gradient (%s, %s); update skipped", self.step, total, gnorm
+            )
+            if self._bad_steps >= MAX_BAD_STEPS:
+                raise FloatingPointError(
+                    f"{MAX_BAD_STEPS} non-finite steps in a row at step {self.step}; lower the lr or use fp32"
+                )
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics["lr"] = lr
+        return total, gnorm, metrics
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self, resume: bool = True) -> TrainResult:
+        """Train up to ``config.steps``. With ``resume``, continue from run_dir/state.pt if present."""
+        cfg = self.config
+        if is_main_process():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not (resume and self.try_resume()):
+            seed_everything(cfg.seed)
+        log = _CsvLog(self.run_dir / LOG_FILE)
+        eval_log = _CsvLog(self.run_dir / EVAL_FILE)
+        self.model.train()
+        start_step, session_seconds = self.step, 0.0
+        acc: dict[str, float] = {}
+        n_acc = 0
+        last: dict[str, float] = {}
+        bar = progress(total=cfg.steps, initial=self.step, desc="train", unit="step")
+        interrupted = False
+        with self._signals(), bar:
+            while self.step < cfg.steps:
+                t0, c0 = time.perf_counter(), time.process_time()
+                loss, gnorm, metrics = self._train_step()
+                dt = time.perf_counter() - t0
+                session_seconds += dt
+                self.train_seconds += dt
+                self.cpu_seconds += time.process_time() - c0
+                self.step += 1
+                for k, v in {"loss": loss, "grad_norm": gnorm, **metrics}.items():
+                    acc[k] = acc.get(k, 0.0) + v
+                n_acc += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    last = {k: v / n_acc for k, v in acc.items()}
+                    ips = cfg.batch_size * (self.step - start_step) / max(session_seconds, 1e-9)
+                    row = {
+                        "step": self.step,
+                        "train_seconds": self.train_seconds,
+                        "cpu_seconds": self.cpu_seconds,
+                        "images_per_s": ips,
+                        **last,
+                    }
+                    if is_main_process():
+                        log.write(row)
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", ips=f"{ips:.0f}")
+                    acc, n_acc = {}, 0
+                if cfg.sample_every and self.step % cfg.sample_every == 0 and self.sample_fn is not None:
+                    # Sampling must not move the training RNG streams, or a resumed run would differ.
+                    rng = capture_rng()
+                    with self._eval_weights() as m, torch.no_grad():
+                        res = self.sample_fn(m, self.step, self.run_dir)
+                    restore_rng(rng)
+                    if res and is_main_process():
+                        eval_log.write(
+                            {
+                                "step": self.step,
+                                "train_seconds": self.train_seconds,
+                                "cpu_seconds": self.cpu_seconds,
+                                **res,
+                            }
+                        )
+                if self._stop:
+                    interrupted = self.step < cfg.steps
+                    break
+                if self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                    self.save()
+            self.save()
+        ips = cfg.batch_size * (self.step - start_step) / max(session_seconds, 1e-9)
+        return TrainResult(self.step, interrupted, self.train_seconds, self.cpu_seconds, ips, last)
+
+
+def train_loop(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: BatchStream,
+    config: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = True,
+    **kwargs: Any,
+) -> TrainResult:
+    """Functional form of ``Trainer(...).run(resume)``; keyword arguments go to :class:`Trainer`."""
+    return Trainer(model, loss_fn, data, config, run_dir, **kwargs).run(resume=resume)

@@ -1,0 +1,78 @@
+"""Training and evaluating a CLIP on an emoji build (the committed 32 px fixture)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clip_helpers import one_thread
+from unclip.cli import main
+
+FIXTURE = Path(__file__).parent / "fixtures" / "emoji"
+STYLES = ("noto", "twemoji", "fluent-flat", "fluent-3d")
+
+
+@pytest.fixture(scope="module")
+def emoji_build(tmp_path_factory):
+    from unclip.data.emoji import STYLES as ALL
+    from unclip.data.emoji import ImageFiles, build_emoji
+
+    out = tmp_path_factory.mktemp("emoji")
+    sources = {name: ImageFiles.from_dir(ALL[name], FIXTURE / name) for name in STYLES}
+    build_emoji(
+        out, sources=sources, catalog=FIXTURE, workers=1, styles=STYLES, size=32, heldout_style="twemoji"
+    )
+    return out
+
+
+def test_train_and_evaluate_on_emoji(emoji_build, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("UNCLIP_QUIET", "1")
+    with one_thread():
+        run = tmp_path / "run"
+        assert (
+            main(
+                [
+                    "-q",
+                    "train",
+                    "clip",
+                    "--data",
+                    str(emoji_build),
+                    "--out",
+                    str(run),
+                    "--preset",
+                    "clip-tiny-test",
+                    "--steps",
+                    "3",
+                ]
+            )
+            == 0
+        )
+        assert (run / "clip" / "tokenizer.json").is_file()
+        out = tmp_path / "eval"
+        code = main(
+            [
+                "-q",
+                "evaluate",
+                "--clip",
+                str(run / "clip"),
+                "--suite",
+                "emoji",
+                "--data",
+                str(emoji_build),
+                "--out",
+                str(out),
+            ]
+        )
+        assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    assert {"val", "heldout_concept", "heldout_style"} <= set(res["retrieval"])
+    assert all(0 <= r["t2i_R@5"] <= 1 for r in res["retrieval"].values())
+
+
+def test_emoji_suite_needs_data(tmp_path, capsys):
+    assert main(["evaluate", "--clip", str(tmp_path), "--suite", "emoji"]) == 2
+    assert main(["evaluate", "--suite", "shapes"]) == 2
+    assert "exactly one of --clip" in capsys.readouterr().err

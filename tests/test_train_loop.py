@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import csv
+import os
+import signal
+
+import pytest
+import torch
+
+from clip_helpers import one_thread, tiny_clip
+from unclip.train.clip import clip_loss
+from unclip.train.config import TrainConfig
+from unclip.train.data import MapBatches, SyntheticCaptions, open_data
+from unclip.train.loop import Trainer
+from unclip.train.optim import WarmupCosine, param_groups
+from unclip.train.state import capture_rng, load_train_state, restore_rng
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
+
+
+CFG = TrainConfig(steps=8, batch_size=16, lr=3e-3, warmup=2, save_every=2, log_every=1, ema_decay=0.9, seed=3)
+
+
+def make_trainer(run_dir, config=CFG, loss_fn=clip_loss, sample_fn=None):
+    model = tiny_clip(seed=1)
+    data = MapBatches(SyntheticCaptions(40, 16), config.micro_batch_size, seed=config.seed)
+    return Trainer(
+        model, loss_fn, data, config, run_dir, sample_fn=sample_fn, export_fn=lambda m, d: m.save(d / "clip")
+    )
+
+
+def weights(trainer):
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def log_rows(run_dir):
+    with open(run_dir / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    run = tmp_path_factory.mktemp("ref")
+    t = make_trainer(run)
+    res = t.run()
+    assert res.step == 8 and not res.interrupted
+    return weights(t), log_rows(run), t
+
+
+def test_loss_goes_down(tmp_path):
+    cfg = TrainConfig(
+        steps=40, batch_size=32, lr=3e-3, warmup=4, save_every=100, log_every=5, weight_decay=0.0
+    )
+    make_trainer(tmp_path, cfg).run()
+    rows = log_rows(tmp_path)
+    first, last = float(rows[0]["loss"]), float(rows[-1]["loss"])
+    assert last < first - 0.5, (first, last)
+
+
+def test_stop_and_resume_is_identical(tmp_path, reference):
+    ref_weights, ref_rows, ref_trainer = reference
+
+    def stop_at_3(model, step, run_dir):
+        if step == 3:
+            t.request_stop()
+
+    cfg = CFG.replace(sample_every=1)
+    t = make_trainer(tmp_path, cfg, sample_fn=stop_at_3)
+    res = t.run()
+    assert res.interrupted and res.step == 3
+    assert load_train_state(tmp_path / "state.pt")["step"] == 3
+    t2 = make_trainer(tmp_path, cfg)
+    res2 = t2.run(resume=True)
+    assert res2.step == 8 and not res2.interrupted
+    assert_same(weights(t2), ref_weights)
+    assert_same(t2.ema.shadow, ref_trainer.ema.shadow)
+    rows = log_rows(tmp_path)
+    assert [r["step"] for r in rows] == [r["step"] for r in ref_rows]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
+
+
+def test_crash_between_checkpoints_resumes_from_last(tmp_path, reference):
+    ref_weights, ref_rows, _ = reference
+    calls = {"n": 0}
+
+    def crashing_loss(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 6:  # during step 6: steps 5 is lost, the checkpoint at step 4 remains
+            raise RuntimeError("simulated kill")
+        return clip_loss(model, batch)
+
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        make_trainer(tmp_path, loss_fn=crashing_loss).run()
+    assert load_train_state(tmp_path / "state.pt")["step"] == 4
+    t = make_trainer(tmp_path)
+    t.run(resume=True)
+    assert_same(weights(t), ref_weights)
+    rows = log_rows(tmp_path)
+    assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]  # the lost step's row was dropped
+
+
+def test_sigterm_saves_and_stops(tmp_path):
+    calls = {"n": 0}
+
+    def loss_with_signal(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return clip_loss(model, batch)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    res = make_trainer(tmp_path, loss_fn=loss_with_signal).run()
+    assert res.interrupted and res.step == 2
+    assert load_train_state(tmp_path / "state.pt")["step"] == 2
+    assert (tmp_path / "clip" / "model.safetensors").is_file()
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_grad_accum_fp32_and_no_ema(tmp_path):
+    cfg = TrainConfig(steps=3, batch_size=16, grad_accum=2, precision="fp32", grad_clip=0.0, save_every=5)
+    res = make_trainer(tmp_path, cfg).run()
+    assert res.step == 3 and (tmp_path / "state.pt").is_file()
+
+
+def test_rng_round_trip():
+    import random
+
+    import numpy as np
+
+    state = capture_rng()
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng(state)
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_param_groups_and_schedule():
+    m = tiny_clip()
+    decay, no_decay = param_groups(m, 0.1)
+    names = {id(p): n for n, p in m.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert all("ln_" not in n and "bias" not in n for n in decayed)
+    assert {"text.token_emb.weight", "visual.pos_emb", "text.pos_emb"}.isdisjoint(decayed)
+    assert {"visual.patch_embed.weight", "visual.proj.weight"} <= decayed
+    assert "logit_scale" in {names[id(p)] for p in no_decay["params"]}
+    s = WarmupCosine(1.0, 10, 110, min_ratio=0.1)
+    assert s(0) == pytest.approx(0.1) and s(9) == pytest.approx(1.0)
+    assert s(60) == pytest.approx(0.55) and s(110) == pytest.approx(0.1) and s(500) == pytest.approx(0.1)
+
+
+def test_map_batches_resume_and_epochs():
+    ds = SyntheticCaptions(10, 8)
+    a = MapBatches(ds, 4, seed=1)
+    seq = [next(a)["caption"] for _ in range(6)]  # crosses epoch boundaries
+    b = MapBatches(ds, 4, seed=1)
+    for _ in range(3):
+        next(b)
+    c = MapBatches(ds, 4, seed=1)
+    c.load_state_dict(b.state_dict())
+    assert [next(c)["caption"] for _ in range(3)] == seq[3:]
+    batch = next(open_data("synthetic:8", 16, 4))
+    assert batch["image"].shape == (4, 3, 16, 16) and len(batch["caption"]) == 4
