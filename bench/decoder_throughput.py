@@ -12,6 +12,9 @@ Measures, at the CPU bundle sizes (decoder 32 px, upsampler 32 -> 128 trained on
 Timings take the best of several repeats (the CPU may be shared). Run::
 
     python bench/decoder_throughput.py [--threads 2] [--repeats 3]
+
+On a shared, oversubscribed CPU use ``--threads 1``: OpenMP threads spin-wait on each other
+and bf16 convolution backward passes in particular slow down erratically.
 """
 
 from __future__ import annotations
@@ -143,9 +146,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--batch", type=int, default=64, help="training batch (decoder images / upsampler crops)"
-    )
+    parser.add_argument("--batch", type=int, default=32, help="decoder training batch (the bundle preset's)")
+    parser.add_argument("--crops", type=int, default=64, help="upsampler training batch of 32 px crops")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     mm = {
@@ -164,7 +166,7 @@ def main() -> None:
     print(
         f"upsampler: {sum(p.numel() for p in up.parameters()) / 1e6:.1f}M params, train 32 px crops, sample 128 px"
     )
-    train_res = measure(up, up_crop, args.batch, 16, args.repeats)
+    train_res = measure(up, up_crop, args.crops, 16, args.repeats)
     _, up_full = make_upsampler(128)
     full_res = measure(up, up_full, 4, 4, args.repeats)
     for k in train_res:  # training on crops, sampling at full size
