@@ -66,3 +66,14 @@ def test_missing_config_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="invalid JSON"):
         Outer.from_json(bad)
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedTuple(Config):
+    rgb: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def test_fixed_length_tuple():
+    assert FixedTuple.from_dict({"rgb": [1, 0.5, 0]}).rgb == (1.0, 0.5, 0.0)
+    with pytest.raises(ConfigError, match="expected 3 items"):
+        FixedTuple.from_dict({"rgb": [1, 2]})

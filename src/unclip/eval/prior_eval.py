@@ -215,7 +215,7 @@ def evaluate_priors(
     seed: int = 0,
     train_image_emb: torch.Tensor | None = None,
     sweep_n: int = 200,
-    guidance_scales: Sequence[float] = (1.0, 2.0, 4.0),
+    guidance_scales: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
     best_ofs: Sequence[int] = (1, 2, 4),
     dot_percentiles: Sequence[float] = (0.0, 0.5, 0.9),
     sample_kwargs: dict[str, dict[str, Any]] | None = None,
@@ -305,6 +305,7 @@ def _sweeps(
         if isinstance(prior, ARPrior):
             grid = [{"guidance_scale": g} for g in guidance_scales]
             grid += [{"dot_percentile": p} for p in dot_percentiles if p != 0.5]
+            grid += [{"best_of": 2}]
         else:
             grid = [{"guidance_scale": g} for g in guidance_scales]
             grid += [{"best_of": b} for b in best_ofs if b != 2]
