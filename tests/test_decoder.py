@@ -46,8 +46,10 @@ def test_forward_shapes_and_zero_init():
     x, t, emb, tok, mask = cond(3)
     out = dec(x, t, emb, tok, mask)
     assert out.shape == (3, 3, 16, 16) and torch.count_nonzero(out) == 0
-    learned = Decoder(tiny_config(variance="learned_range"))
+    learned = Decoder(tiny_config(variance="learned_range", prediction="eps", loss_weighting="none"))
     assert learned(x, t, emb).shape == (3, 6, 16, 16)
+    losses = learned.diffusion.training_losses(learned, x.clamp(-1, 1), t, model_kwargs={"image_emb": emb})
+    assert torch.isfinite(losses["loss"]).all() and "vb" in losses
     image_only = Decoder(tiny_config(text_dim=0))
     assert image_only(x, t, emb, tok, mask).shape == (3, 3, 16, 16)  # caption ignored
 

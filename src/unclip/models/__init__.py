@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unclip.models.decoder import Decoder, DecoderConfig
 from unclip.models.unet import UNet, UNetConfig
+from unclip.models.upsampler import Upsampler, UpsamplerConfig
 
-__all__ = ["UNet", "UNetConfig"]
+__all__ = ["Decoder", "DecoderConfig", "UNet", "UNetConfig", "Upsampler", "UpsamplerConfig"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -257,7 +258,7 @@ class Decoder(nn.Module):
         x_T: torch.Tensor | None = None,
         clip: Clip = "static",
         precision: Precision | None = None,
-        callback: object | None = None,
+        callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
         show_progress: bool = False,
     ) -> torch.Tensor:
         """Decode images with classifier-free guidance (the package's one CFG wrapper).
@@ -321,7 +322,7 @@ class Decoder(nn.Module):
             generator=generator,
             eta=eta,
             clip=clip,
-            callback=callback,  # type: ignore[arg-type]
+            callback=callback,
             device=device,
             show_progress=show_progress,
         )
