@@ -186,8 +186,10 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     with open(path, "rb") as f:
-        head = f.read(2)
-    if head[:1] == b"\x80" or head == b"PK":
+        head = f.read(9)
+    # safetensors: 8-byte little-endian header length, then the JSON header ("{"). Anything else
+    # that starts like a pickle (0x80) or a zip (torch.save) is refused as such.
+    if head[8:9] != b"{" and (head[:1] == b"\x80" or head[:2] == b"PK"):
         raise CheckpointError(f"{path} looks like a pickle / torch.save file; only safetensors are loaded")
     try:
         return load_file(str(path))
