@@ -74,7 +74,10 @@ def test_save_load_round_trip(tmp_path):
         load_clip(tmp_path / "nope")
 
 
-@pytest.mark.parametrize("vision", [{"pool": "attn"}, {"stem": "conv", "stem_channels": 8}])
+@pytest.mark.parametrize(
+    "vision",
+    [{"pool": "attn"}, {"stem": "conv", "stem_channels": 8}, {"arch": "resnet", "width": 8, "heads": 2}],
+)
 def test_vision_variants_and_bf16(vision):
     torch.manual_seed(0)
     cfg = tiny_config()
@@ -95,6 +98,8 @@ def test_bad_configs():
         ClipConfig.from_dict({"vision": {"patchsize": 4}})
     with pytest.raises(ConfigError, match="multiple"):
         ClipConfig.from_dict({"vision": {"image_size": 30, "patch_size": 4}})
+    with pytest.raises(ConfigError, match="divisible by 8"):
+        ClipConfig.from_dict({"vision": {"arch": "resnet", "image_size": 20}})
     with pytest.raises(ConfigError, match="3 values"):
         ClipConfig.from_dict({"image_mean": [0.5, 0.5]})
 
@@ -107,3 +112,25 @@ def test_padding_columns_are_cut_without_changing_results():
     torch.testing.assert_close(pooled, full_pooled, atol=1e-5, rtol=0)
     torch.testing.assert_close(tokens, full_tokens, atol=1e-5, rtol=0)
     assert tokens.shape[1] == m.max_text_len
+
+
+def test_resnet_tower_sees_position_and_round_trips(tmp_path):
+    """The ResNet tower's attention pooling keeps spatial information (learned positions), and
+    the model saves and loads like the ViT one."""
+    from unclip.clip import ClipConfig
+
+    torch.manual_seed(0)
+    cfg = ClipConfig.from_dict(
+        {**tiny_config().to_dict(), "vision": {"image_size": 16, "arch": "resnet", "width": 8, "heads": 2}}
+    )
+    m = ClipModel(cfg, tiny_clip().tokenizer)
+    assert not hasattr(m.visual, "cls_token")
+    a = -torch.ones(1, 3, 16, 16)
+    b = a.clone()
+    a[..., 2:6, 2:6] = 1  # a white square at the top left
+    b[..., 10:14, 10:14] = 1  # ... at the bottom right
+    za, zb = m.encode_image(torch.cat([a, b]))
+    assert (za - zb).abs().max() > 1e-3
+    m.save(tmp_path / "clip")
+    m2 = load_clip(tmp_path / "clip")
+    assert torch.equal(m.encode_image(a), m2.encode_image(a))

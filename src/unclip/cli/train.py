@@ -109,6 +109,7 @@ def _run_clip(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         device=args.device,
         counterfactual=not args.no_counterfactual,
+        aux_weight=args.aux_attributes,
     )
     return _report(result, out / EXPORT_DIR, "CLIP")
 
@@ -124,6 +125,14 @@ def _add_clip(sub: argparse._SubParsersAction) -> None:
         "--no-counterfactual",
         action="store_true",
         help="shapes world: plain random batches instead of half one-attribute edits (see docs/clip.md)",
+    )
+    p.add_argument(
+        "--aux-attributes",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="shapes world: add W x an auxiliary loss predicting each grid cell's object from the image "
+        "embedding (breaks contrastive learning's slow start on shape and position; see docs/clip.md)",
     )
     p.set_defaults(func=_run_clip)
 

@@ -20,9 +20,12 @@ MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9d
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig(Config):
-    """The ViT image tower.
+    """The image tower: a ViT (CLIP, paper App. C) or a small ResNet (:mod:`unclip.clip.resnet`).
 
     Attributes:
+        arch: "vit" or "resnet". For "resnet", ``width`` is the first stage's channels (then 2x,
+            4x), ``layers`` the residual blocks per stage, ``heads`` the attention-pooling heads;
+            ``patch_size``, ``mlp_ratio``, ``pool`` and the stem fields are unused.
         image_size: input side in pixels (square, after preprocessing).
         patch_size: side of one patch; image_size must be a multiple of it.
         width: token width.
@@ -37,6 +40,7 @@ class VisionConfig(Config):
     """
 
     image_size: int = 64
+    arch: Literal["vit", "resnet"] = "vit"
     patch_size: int = 8
     width: int = 192
     layers: int = 6
@@ -47,6 +51,14 @@ class VisionConfig(Config):
     stem_channels: int = 64
 
     def __post_init__(self) -> None:
+        if self.arch == "resnet":
+            if self.image_size % 8:
+                raise ValueError(f"a resnet tower needs an image_size divisible by 8, got {self.image_size}")
+            if (4 * self.width) % self.heads or self.width % 8:
+                raise ValueError(
+                    f"resnet width {self.width} must be a multiple of 8 with 4 * width divisible by {self.heads} heads"
+                )
+            return
         if self.stem == "conv" and self.patch_size % 4:
             raise ValueError(f"a conv stem needs a patch_size divisible by 4, got {self.patch_size}")
         if self.image_size % self.patch_size:

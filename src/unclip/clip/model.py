@@ -187,7 +187,12 @@ class ClipModel(nn.Module):
     def __init__(self, config: ClipConfig, tokenizer: ClipTokenizer | None = None) -> None:
         super().__init__()
         self.config = config
-        self.visual = VisionTower(config.vision, config.embed_dim)
+        if config.vision.arch == "resnet":
+            from unclip.clip.resnet import ResNetTower
+
+            self.visual: nn.Module = ResNetTower(config.vision, config.embed_dim)
+        else:
+            self.visual = VisionTower(config.vision, config.embed_dim)
         if config.text.tower == "transformer":
             self.text = TransformerTextTower(config.text, config.embed_dim)
         else:

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from unclip.checkpoint import atomic_write_bytes
 from unclip.clip.config import ClipConfig
@@ -42,21 +44,86 @@ RUN_FILE = "run.json"
 EXPORT_DIR = "clip"
 
 
-def clip_loss(model: ClipModel, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-    """Symmetric InfoNCE on one batch.
+GRID_ATTRIBUTES: tuple[str, ...] = ("shape", "color", "size", "fill")
+
+
+class AttributeProbe(nn.Module):
+    """Training-only auxiliary head: the image features predict every grid cell's object.
+
+    For each of the shapes world's 3x3 cells, a linear map of the image tower's output (the
+    unnormalised embedding, (B, D)) classifies the object there: shape, colour, size and fill,
+    each with an extra "empty" class. It is thrown away after training; only the CLIP is exported.
+    """
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        from unclip.data.shapes import vocab
+
+        self.values = {a: list(getattr(vocab, a.upper() + "S")) for a in GRID_ATTRIBUTES}
+        self.cells = list(vocab.POSITIONS)
+        self.head = nn.Linear(embed_dim, len(self.cells) * sum(len(v) + 1 for v in self.values.values()))
+
+    def targets(self, specs: Sequence[dict[str, Any]]) -> torch.Tensor:
+        """(B, 9, A) class indices (0 = empty cell) from scene specs."""
+        from unclip.data.shapes import position_name
+
+        out = torch.zeros(len(specs), len(self.cells), len(self.values), dtype=torch.long)
+        for i, spec in enumerate(specs):
+            for o in spec["objects"]:
+                c = self.cells.index(position_name(o["x"], o["y"]))
+                for a, (name, values) in enumerate(self.values.items()):
+                    out[i, c, a] = values.index(o[name]) + 1
+        return out
+
+    def loss(self, features: torch.Tensor, specs: Sequence[dict[str, Any]]) -> torch.Tensor:
+        """Mean cross-entropy over cells and attributes; features (B, D)."""
+        logits = self.head(features.float()).view(features.shape[0], len(self.cells), -1)
+        target = self.targets(specs).to(features.device)
+        losses, start = [], 0
+        for a, values in enumerate(self.values.values()):
+            n = len(values) + 1
+            chunk = logits[..., start : start + n]
+            losses.append(F.cross_entropy(chunk.reshape(-1, n), target[..., a].reshape(-1)))
+            start += n
+        return torch.stack(losses).mean()
+
+
+class ClipWithProbe(nn.Module):
+    """A CLIP plus its :class:`AttributeProbe` (what the trainer optimises with ``aux_weight``)."""
+
+    def __init__(self, clip: ClipModel, aux_weight: float) -> None:
+        super().__init__()
+        self.clip = clip
+        self.probe = AttributeProbe(clip.embed_dim)
+        self.aux_weight = aux_weight
+
+
+def unwrap(model: nn.Module) -> ClipModel:
+    """The CLIP inside a training module."""
+    return model.clip if isinstance(model, ClipWithProbe) else model  # type: ignore[return-value]
+
+
+def clip_loss(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Symmetric InfoNCE on one batch (plus the attribute probe's loss when the model has one).
 
     Positives: identical captions, and on the shapes world every caption that is true of an image
     (from the scene specs), so that "a star" is not pushed away from every other star in the batch.
     """
-    device = model.device
-    pixels = model.preprocess(batch["image"].to(device))
-    ids, mask = model.tokenize(batch["caption"])
-    img, txt, scale = model(pixels, ids, mask)
+    clip = unwrap(model)
+    device = clip.device
+    pixels = clip.preprocess(batch["image"].to(device))
+    ids, mask = clip.tokenize(batch["caption"])
+    img, txt, scale = clip(pixels, ids, mask)
     if "spec" in batch:
         positives = shapes_positives(batch["caption"], batch["spec"]).t().to(device)
     else:
         positives = caption_positives(batch["caption"], device)
-    return contrastive_loss(img, txt, scale, positives)
+    loss, metrics = contrastive_loss(img, txt, scale, positives)
+    if isinstance(model, ClipWithProbe):
+        aux = model.probe.loss(img * img.shape[-1] ** 0.5, batch["spec"])  # unit-variance inputs
+        metrics["aux_loss"] = aux.item()
+        loss = loss + model.aux_weight * aux
+    return loss, metrics
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -140,7 +207,8 @@ def _check_run(run_dir: Path, record: dict[str, Any]) -> None:
     if not path.is_file():
         return
     saved = json.loads(path.read_text())
-    for key in ("stage", "model", "data", "counterfactual"):
+    saved.setdefault("aux_weight", 0.0)  # runs from before the attribute probe
+    for key in ("stage", "model", "data", "counterfactual", "aux_weight"):
         if saved.get(key) != record.get(key):
             raise UserError(
                 f"{run_dir} holds a run with a different {key} ({saved.get(key)!r}); "
@@ -164,6 +232,7 @@ def train_clip(
     sample_fn: Any = None,
     device: str | None = None,
     counterfactual: bool = True,
+    aux_weight: float = 0.0,
 ) -> TrainResult:
     """Train a CLIP on ``data`` into ``run_dir``.
 
@@ -178,6 +247,8 @@ def train_clip(
         device: default from the environment.
         counterfactual: on the shapes world, fill half of each batch with one-attribute edits
             of the other half (see :class:`unclip.train.data.ShapesBatches`).
+        aux_weight: shapes world only: weight of the :class:`AttributeProbe` loss added to
+            InfoNCE (0: plain CLIP). The probe is not exported.
 
     Raises:
         UserError: an existing run without ``resume``, or a resume with different settings.
@@ -185,12 +256,15 @@ def train_clip(
     run_dir = Path(run_dir)
     describe_data(data)  # fail early on a bad spec
     is_shapes = describe_data(data) == "shapes"
+    if aux_weight < 0 or (aux_weight > 0 and not is_shapes):
+        raise UserError("--aux-attributes needs the shapes world (it reads scene specs) and a weight >= 0")
     record = {
         "stage": "clip",
         "model": model_config.to_dict(),
         "train": train_config.to_dict(),
         "data": data,
         "counterfactual": counterfactual and is_shapes,
+        "aux_weight": aux_weight,
     }
     has_state = (run_dir / "state.pt").is_file()
     if has_state and not resume:
@@ -206,7 +280,9 @@ def train_clip(
     tokenizer = None
     if model_config.text.tower == "transformer":
         tokenizer = build_tokenizer(model_config, data, run_dir, train_config.seed)
-    model = ClipModel(model_config, tokenizer)
+    model: nn.Module = ClipModel(model_config, tokenizer)
+    if aux_weight > 0:
+        model = ClipWithProbe(model, aux_weight)  # type: ignore[arg-type]
     if is_shapes and counterfactual:
         size = parse_size(data, model_config.vision.image_size)
         stream: Any = ShapesBatches(
@@ -224,7 +300,7 @@ def train_clip(
         sample_fn = default_eval_fn(data, model_config.vision.image_size)
 
     def export(m: torch.nn.Module, out: Path) -> None:
-        m.save(out / EXPORT_DIR, extra={"data": data, "train_config": train_config.to_dict()})  # type: ignore[operator]
+        unwrap(m).save(out / EXPORT_DIR, extra={"data": data, "train_config": train_config.to_dict()})  # type: ignore[operator]
 
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("CLIP: %.2fM trainable parameters; data %s", n_params / 1e6, data)
@@ -250,6 +326,6 @@ def default_eval_fn(data: str, image_size: int) -> Any:
     def fn(model: ClipModel, step: int, run_dir: Path) -> dict[str, float]:
         from unclip.eval.clip_eval import quick_shapes_eval
 
-        return quick_shapes_eval(model, image_size=image_size)
+        return quick_shapes_eval(unwrap(model), image_size=image_size)
 
     return fn

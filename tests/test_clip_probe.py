@@ -1,0 +1,69 @@
+"""The shapes world's auxiliary attribute probe for CLIP training (``--aux-attributes``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from unclip.cli import main
+from unclip.train.clip import AttributeProbe
+
+
+def _spec(*objects):
+    return {"objects": [dict(o) for o in objects], "background": "white"}
+
+
+def test_probe_targets_name_each_cell():
+    probe = AttributeProbe(16)
+    circle = {"shape": "circle", "color": "red", "size": "large", "fill": "solid", "x": 0.15, "y": 0.15}
+    star = {"shape": "star", "color": "blue", "size": "small", "fill": "outline", "x": 0.85, "y": 0.5}
+    t = probe.targets([_spec(circle, star), _spec()])
+    top_left, right = probe.cells.index("top left"), probe.cells.index("right")
+    v = probe.values
+    assert t[0, top_left].tolist() == [
+        v["shape"].index("circle") + 1,
+        v["color"].index("red") + 1,
+        v["size"].index("large") + 1,
+        v["fill"].index("solid") + 1,
+    ]
+    assert t[0, right, 0] == v["shape"].index("star") + 1
+    assert int((t[0] > 0).any(-1).sum()) == 2  # the other seven cells are empty
+    assert not t[1].any()
+
+
+def test_probe_loss_is_learnable():
+    """The probe's loss falls when its head fits fixed features (it can fail: random labels would not)."""
+    torch.manual_seed(0)
+    probe = AttributeProbe(32)
+    obj = {"shape": "square", "color": "green", "size": "small", "fill": "solid", "x": 0.5, "y": 0.5}
+    specs = [_spec(obj), _spec()]
+    feats = torch.randn(2, 32)
+    opt = torch.optim.SGD(probe.parameters(), lr=0.5)
+    first = probe.loss(feats, specs).item()
+    for _ in range(30):
+        opt.zero_grad()
+        loss = probe.loss(feats, specs)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first
+
+
+def test_train_with_probe_exports_clip_only(tmp_path):
+    run = tmp_path / "run"
+    args = ["-q", "train", "clip", "--data", "shapes:16", "--out", str(run), "--preset", "clip-tiny-test"]
+    assert main([*args, "--steps", "3", "--aux-attributes", "0.5"]) == 0
+    header = (run / "log.csv").read_text().splitlines()[0]
+    assert "aux_loss" in header
+    with safe_open(str(run / "clip" / "model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if "probe" in k]
+    # Resuming without the same weight is refused; with it, it continues.
+    assert main([*args, "--steps", "4", "--resume"]) == 2
+    assert main([*args, "--steps", "4", "--resume", "--aux-attributes", "0.5"]) == 0
+
+
+@pytest.mark.parametrize("data", ["synthetic:8"])
+def test_probe_needs_shapes(tmp_path, data, capsys):
+    args = ["train", "clip", "--data", data, "--out", str(tmp_path / "r"), "--preset", "clip-tiny-test"]
+    assert main([*args, "--aux-attributes", "1"]) == 2
+    assert "shapes world" in capsys.readouterr().err
