@@ -56,7 +56,7 @@ def test_train_with_probe_exports_clip_only(tmp_path):
     header = (run / "log.csv").read_text().splitlines()[0]
     assert "aux_loss" in header
     with safe_open(str(run / "clip" / "model.safetensors"), "pt") as f:
-        assert not [k for k in f.keys() if "probe" in k]
+        assert not [k for k in f.keys() if "probe" in k]  # noqa: SIM118
     # Resuming without the same weight is refused; with it, it continues.
     assert main([*args, "--steps", "4", "--resume"]) == 2
     assert main([*args, "--steps", "4", "--resume", "--aux-attributes", "0.5"]) == 0

@@ -20,7 +20,16 @@ from unclip.errors import UserError
 
 # Subcommand modules, in the order `--help` lists them. A module that fails to import because an
 # optional extra is missing is still listed, and says which extra to install when called.
-_COMMANDS: tuple[str, ...] = ("selfcheck", "data", "train", "embed", "evaluate")
+_COMMANDS: tuple[str, ...] = (
+    "selfcheck",
+    "data",
+    "train",
+    "embed",
+    "evaluate",
+    "generate",
+    "manipulate",
+    "inspect",
+)
 
 
 class _Parser(argparse.ArgumentParser):

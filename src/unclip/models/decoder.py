@@ -242,6 +242,55 @@ class Decoder(nn.Module):
         u = torch.rand(2, batch, generator=generator, device=device)
         return u[0] < self.config.drop_image_prob, u[1] < self.config.drop_text_prob
 
+    def guided_fn(
+        self,
+        image_emb: torch.Tensor | None = None,
+        text_tokens: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        *,
+        batch: int,
+        guidance_scale: float = 3.0,
+        precision: Precision | None = None,
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The guided ``model_fn(x_t, t)`` that :meth:`sample` runs, for other samplers to reuse.
+
+        DDIM inversion (:func:`unclip.sampling.ddim_invert`, paper §3) must evaluate exactly the
+        function that the reconstruction samples with, so both get it from here.
+
+        Args:
+            image_emb: (B, D) CLIP image embeddings, or None.
+            text_tokens: (B, L, W) caption tokens, or None.
+            text_mask: (B, L) bool.
+            batch: B.
+            guidance_scale: s; 1 skips the unconditional branch.
+            precision: "bf16" / "fp32" (default: bf16 where supported).
+
+        Returns:
+            ``model_fn(x_t (B, 3, S, S), t (B,)) -> output`` through the one CFG wrapper.
+        """
+        from unclip.sampling import guided_model_fn
+
+        device = next(self.parameters()).device
+        precision = precision or default_precision(device)
+        if text_tokens is not None and text_mask is None:
+            text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device)
+        zeros = torch.zeros(batch, dtype=torch.bool, device=device)
+        base = {"image_emb": image_emb, "text_tokens": text_tokens, "text_mask": text_mask}
+        cond = {**base, "drop_image": zeros, "drop_text": zeros}
+        uncond = {**base, "drop_image": ~zeros, "drop_text": ~zeros}
+
+        def net(x: torch.Tensor, t: torch.Tensor, **kw: torch.Tensor | None) -> torch.Tensor:
+            with autocast(device, precision):
+                return self(x, t, **kw)
+
+        return guided_model_fn(
+            net,
+            cond=cond,
+            uncond=uncond,
+            guidance_scale=guidance_scale,
+            prediction_channels=3 if self.diffusion.learned_variance else None,
+        )
+
     @torch.no_grad()
     def sample(
         self,
@@ -286,31 +335,14 @@ class Decoder(nn.Module):
         Returns:
             (B, 3, S, S) float32 images in [-1, 1].
         """
-        from unclip.sampling import guided_model_fn
         from unclip.sampling import sample as run_sampler
 
         device = next(self.parameters()).device
-        precision = precision or default_precision(device)
         batch = next((v.shape[0] for v in (image_emb, text_tokens, x_T) if v is not None), num_images)
         if batch is None:
             raise ValueError("give image_emb, text_tokens, x_T or num_images")
-        if text_tokens is not None and text_mask is None:
-            text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device)
-        zeros = torch.zeros(batch, dtype=torch.bool, device=device)
-        base = {"image_emb": image_emb, "text_tokens": text_tokens, "text_mask": text_mask}
-        cond = {**base, "drop_image": zeros, "drop_text": zeros}
-        uncond = {**base, "drop_image": ~zeros, "drop_text": ~zeros}
-
-        def net(x: torch.Tensor, t: torch.Tensor, **kw: torch.Tensor | None) -> torch.Tensor:
-            with autocast(device, precision):
-                return self(x, t, **kw)
-
-        fn = guided_model_fn(
-            net,
-            cond=cond,
-            uncond=uncond,
-            guidance_scale=guidance_scale,
-            prediction_channels=3 if self.diffusion.learned_variance else None,
+        fn = self.guided_fn(
+            image_emb, text_tokens, text_mask, batch=batch, guidance_scale=guidance_scale, precision=precision
         )
         s = self.config.image_size
         return run_sampler(

@@ -17,6 +17,7 @@ Sampling defaults to few-step DDIM (paper: 27 steps for 64->256, 15 for 256->102
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -202,6 +203,7 @@ class Upsampler(nn.Module):
         x_T: torch.Tensor | None = None,
         clip: Clip | None = None,
         precision: Precision | None = None,
+        callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
         show_progress: bool = False,
     ) -> torch.Tensor:
         """Upsample images; runs fully convolutionally at the full output size.
@@ -217,6 +219,7 @@ class Upsampler(nn.Module):
             x_T: starting noise (B, 3, h*scale, w*scale).
             clip: x_0 clipping (default: "static" for image diffusion, none for residuals).
             precision: "bf16" / "fp32" (default: bf16 where supported).
+            callback: per-step callback (see :func:`unclip.sampling.sample`).
             show_progress: draw a progress bar.
 
         Returns:
@@ -251,6 +254,7 @@ class Upsampler(nn.Module):
             generator=generator,
             eta=eta,
             clip=clip,
+            callback=callback,
             device=device,
             show_progress=show_progress,
         )
