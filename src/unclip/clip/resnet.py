@@ -7,8 +7,8 @@ same width and budget), so the shapes presets use this tower.
 
 Layout for an S px input::
 
-    (B,3,S,S) -> conv3x3 stem (width/2 channels)
-              -> stage 1..3: stride-2 conv, then residual blocks   (channels width, 2w, 4w)
+    (B,3,S,S) -> conv3x3 stem (width channels)
+              -> stage 1..3: conv3x3 -> 2x2 max-pool -> residual blocks   (channels w, 2w, 4w)
               -> (B, 4w, S/8, S/8) tokens + learned positions
               -> attention pooling (the query is the mean token, as in CLIP's AttentionPool2d)
               -> LayerNorm -> Linear -> (B, D)
@@ -53,7 +53,11 @@ class ResBlock(nn.Module):
 
 
 def _down(cin: int, cout: int) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), _norm(cout), nn.GELU())
+    """conv3x3 -> GN -> GELU -> 2x2 max-pool. Max-pooling learned the shapes world's small-object
+    shapes about twice as fast as a stride-2 convolution in the supervised probe (docs/clip.md)."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), _norm(cout), nn.GELU(), nn.MaxPool2d(2)
+    )
 
 
 class ResNetTower(nn.Module):
@@ -70,9 +74,9 @@ class ResNetTower(nn.Module):
         self.cfg = cfg
         w = cfg.width
         chans = [w, 2 * w, 4 * w]
-        self.stem = nn.Sequential(nn.Conv2d(3, w // 2, 3, padding=1, bias=False), _norm(w // 2), nn.GELU())
+        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, padding=1, bias=False), _norm(w), nn.GELU())
         stages: list[nn.Module] = []
-        cin = w // 2
+        cin = w
         for c in chans:
             stages.append(nn.Sequential(_down(cin, c), *[ResBlock(c) for _ in range(cfg.layers)]))
             cin = c
