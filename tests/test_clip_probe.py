@@ -47,6 +47,10 @@ def test_probe_loss_is_learnable():
         loss.backward()
         opt.step()
     assert loss.item() < 0.2 * first
+    # The shape term's weight moves the loss toward the shape cross-entropy.
+    heavy = AttributeProbe(32, shape_weight=100.0)
+    heavy.load_state_dict(probe.state_dict())
+    assert heavy.loss(feats, specs).item() != pytest.approx(probe.loss(feats, specs).item())
 
 
 def test_train_with_probe_exports_clip_only(tmp_path):
@@ -57,9 +61,10 @@ def test_train_with_probe_exports_clip_only(tmp_path):
     assert "aux_loss" in header
     with safe_open(str(run / "clip" / "model.safetensors"), "pt") as f:
         assert not [k for k in f.keys() if "probe" in k]  # noqa: SIM118
-    # Resuming without the same weight is refused; with it, it continues.
+    # Resuming without the probe is refused; with other weights (loss weights, like the lr) it continues.
     assert main([*args, "--steps", "4", "--resume"]) == 2
-    assert main([*args, "--steps", "4", "--resume", "--aux-attributes", "0.5"]) == 0
+    assert main([*args, "--steps", "4", "--resume", "--aux-attributes", "1", "--aux-shape-weight", "3"]) == 0
+    assert '"aux_shape_weight": 3.0' in (run / "run.json").read_text()
 
 
 @pytest.mark.parametrize("data", ["synthetic:8"])

@@ -110,6 +110,7 @@ def _run_clip(args: argparse.Namespace) -> int:
         device=args.device,
         counterfactual=not args.no_counterfactual,
         aux_weight=args.aux_attributes,
+        aux_shape_weight=args.aux_shape_weight,
     )
     return _report(result, out / EXPORT_DIR, "CLIP")
 
@@ -133,6 +134,13 @@ def _add_clip(sub: argparse._SubParsersAction) -> None:
         metavar="W",
         help="shapes world: add W x an auxiliary loss predicting each grid cell's object from the image "
         "embedding (breaks contrastive learning's slow start on shape and position; see docs/clip.md)",
+    )
+    p.add_argument(
+        "--aux-shape-weight",
+        type=float,
+        default=1.0,
+        metavar="K",
+        help="weight of the probe's shape term relative to colour, size and fill (default 1)",
     )
     p.set_defaults(func=_run_clip)
 

@@ -55,9 +55,12 @@ class AttributeProbe(nn.Module):
     each with an extra "empty" class. It is thrown away after training; only the CLIP is exported.
     """
 
-    def __init__(self, embed_dim: int) -> None:
+    def __init__(self, embed_dim: int, shape_weight: float = 1.0) -> None:
         super().__init__()
         from unclip.data.shapes import vocab
+
+        # Relative weights of the attribute terms; shape is the slowest to learn (docs/clip.md).
+        self.weights = {a: (shape_weight if a == "shape" else 1.0) for a in GRID_ATTRIBUTES}
 
         self.values = {a: list(getattr(vocab, a.upper() + "S")) for a in GRID_ATTRIBUTES}
         self.cells = list(vocab.POSITIONS)
@@ -76,25 +79,27 @@ class AttributeProbe(nn.Module):
         return out
 
     def loss(self, features: torch.Tensor, specs: Sequence[dict[str, Any]]) -> torch.Tensor:
-        """Mean cross-entropy over cells and attributes; features (B, D)."""
+        """Cross-entropy averaged over cells, weighted-averaged over attributes; features (B, D)."""
         logits = self.head(features.float()).view(features.shape[0], len(self.cells), -1)
         target = self.targets(specs).to(features.device)
-        losses, start = [], 0
-        for a, values in enumerate(self.values.values()):
+        total, start = features.new_zeros((), dtype=torch.float32), 0
+        for a, (name, values) in enumerate(self.values.items()):
             n = len(values) + 1
             chunk = logits[..., start : start + n]
-            losses.append(F.cross_entropy(chunk.reshape(-1, n), target[..., a].reshape(-1)))
+            total = total + self.weights[name] * F.cross_entropy(
+                chunk.reshape(-1, n), target[..., a].reshape(-1)
+            )
             start += n
-        return torch.stack(losses).mean()
+        return total / sum(self.weights.values())
 
 
 class ClipWithProbe(nn.Module):
     """A CLIP plus its :class:`AttributeProbe` (what the trainer optimises with ``aux_weight``)."""
 
-    def __init__(self, clip: ClipModel, aux_weight: float) -> None:
+    def __init__(self, clip: ClipModel, aux_weight: float, shape_weight: float = 1.0) -> None:
         super().__init__()
         self.clip = clip
-        self.probe = AttributeProbe(clip.embed_dim)
+        self.probe = AttributeProbe(clip.embed_dim, shape_weight)
         self.aux_weight = aux_weight
 
 
@@ -208,12 +213,24 @@ def _check_run(run_dir: Path, record: dict[str, Any]) -> None:
         return
     saved = json.loads(path.read_text())
     saved.setdefault("aux_weight", 0.0)  # runs from before the attribute probe
-    for key in ("stage", "model", "data", "counterfactual", "aux_weight"):
+    for key in ("stage", "model", "data", "counterfactual"):
         if saved.get(key) != record.get(key):
             raise UserError(
                 f"{run_dir} holds a run with a different {key} ({saved.get(key)!r}); "
                 "resume with the same settings or choose a new --out"
             )
+    # The probe's weights are loss weights and may change on resume (like the learning rate);
+    # turning the probe on or off changes the trained modules and may not.
+    if (saved["aux_weight"] > 0) != (record["aux_weight"] > 0):
+        raise UserError(
+            f"{run_dir} was trained with --aux-attributes {saved['aux_weight']}; resume with a "
+            "positive weight"
+            if saved["aux_weight"] > 0
+            else f"{run_dir} was trained without --aux-attributes"
+        )
+    for key in ("aux_weight", "aux_shape_weight"):
+        if saved.get(key, 1.0) != record.get(key, 1.0):
+            logger.info("resuming with %s %s (was %s)", key, record.get(key), saved.get(key, 1.0))
     fixed = ("batch_size", "grad_accum", "seed")
     for key in fixed:
         if saved["train"].get(key) != record["train"].get(key):
@@ -233,6 +250,7 @@ def train_clip(
     device: str | None = None,
     counterfactual: bool = True,
     aux_weight: float = 0.0,
+    aux_shape_weight: float = 1.0,
 ) -> TrainResult:
     """Train a CLIP on ``data`` into ``run_dir``.
 
@@ -249,6 +267,7 @@ def train_clip(
             of the other half (see :class:`unclip.train.data.ShapesBatches`).
         aux_weight: shapes world only: weight of the :class:`AttributeProbe` loss added to
             InfoNCE (0: plain CLIP). The probe is not exported.
+        aux_shape_weight: weight of the probe's shape term relative to colour, size and fill.
 
     Raises:
         UserError: an existing run without ``resume``, or a resume with different settings.
@@ -256,7 +275,7 @@ def train_clip(
     run_dir = Path(run_dir)
     describe_data(data)  # fail early on a bad spec
     is_shapes = describe_data(data) == "shapes"
-    if aux_weight < 0 or (aux_weight > 0 and not is_shapes):
+    if aux_weight < 0 or aux_shape_weight <= 0 or (aux_weight > 0 and not is_shapes):
         raise UserError("--aux-attributes needs the shapes world (it reads scene specs) and a weight >= 0")
     record = {
         "stage": "clip",
@@ -265,6 +284,7 @@ def train_clip(
         "data": data,
         "counterfactual": counterfactual and is_shapes,
         "aux_weight": aux_weight,
+        "aux_shape_weight": aux_shape_weight,
     }
     has_state = (run_dir / "state.pt").is_file()
     if has_state and not resume:
@@ -282,7 +302,7 @@ def train_clip(
         tokenizer = build_tokenizer(model_config, data, run_dir, train_config.seed)
     model: nn.Module = ClipModel(model_config, tokenizer)
     if aux_weight > 0:
-        model = ClipWithProbe(model, aux_weight)  # type: ignore[arg-type]
+        model = ClipWithProbe(model, aux_weight, aux_shape_weight)  # type: ignore[arg-type]
     if is_shapes and counterfactual:
         size = parse_size(data, model_config.vision.image_size)
         stream: Any = ShapesBatches(
