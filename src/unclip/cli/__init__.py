@@ -29,6 +29,7 @@ _COMMANDS: tuple[str, ...] = (
     "generate",
     "manipulate",
     "inspect",
+    "serve",
 )
 
 

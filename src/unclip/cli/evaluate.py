@@ -1,9 +1,10 @@
 """`unclip evaluate`: measure a model the way the paper does, suite by suite.
 
-Today: ``--clip M --suite shapes|emoji`` evaluates a CLIP alone (retrieval, zero-shot
-attributes, binding). Whole-model suites (``--model M``) plug into the same command: add a
-function to ``_MODEL_SUITES``. Results go to ``--out`` as results.json + results.md and the table
-is printed.
+``--clip M --suite shapes|emoji`` evaluates a CLIP alone (retrieval, zero-shot attributes,
+binding); results go to ``--out`` as results.json + results.md and the table is printed.
+``--model M --suite shapes [--quick]`` runs the whole-model suite (:mod:`unclip.eval.shapes_suite`)
+and writes results.json, report.md, plots and sample grids into ``--out``. Add whole-model suites
+to ``_MODEL_SUITES``.
 """
 
 from __future__ import annotations
@@ -38,8 +39,31 @@ _CLIP_SUITES: dict[str, Callable[[Any, argparse.Namespace], dict[str, Any]]] = {
     "shapes": _clip_shapes,
     "emoji": _clip_emoji,
 }
-# Whole-model suites: (suite name) -> function(model_dir, args) -> results dict.
-_MODEL_SUITES: dict[str, Callable[[Path, argparse.Namespace], dict[str, Any]]] = {}
+
+
+def _model_shapes(model: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The whole-model shapes suite; writes its own report (results.json, report.md, plots, grids)."""
+    from unclip.eval.report import write_report
+    from unclip.eval.shapes_suite import evaluate_model
+
+    if not args.out:
+        raise UserError("the whole-model suite writes a report folder: give --out DIR")
+    results, artefacts = evaluate_model(str(model), quick=args.quick, seed=args.seed, n=args.n)
+    return write_report(results, artefacts, args.out)
+
+
+def _model_emoji(model: Path, args: argparse.Namespace) -> dict[str, Any]:
+    raise UserError(
+        "the whole-model emoji suite (--model M --suite emoji) is not implemented yet; see docs/evaluation.md"
+    )
+
+
+# Whole-model suites: (suite name) -> function(model_dir, args) -> results dict. They write their
+# own report into --out (results.json, report.md, plots, grids) and include "files".
+_MODEL_SUITES: dict[str, Callable[[Path, argparse.Namespace], dict[str, Any]]] = {
+    "shapes": _model_shapes,
+    "emoji": _model_emoji,
+}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -64,7 +88,11 @@ def _run(args: argparse.Namespace) -> int:
             known = ", ".join(_MODEL_SUITES) or "none yet"
             raise UserError(f"no whole-model suite {args.suite!r} (available: {known})")
         results = _MODEL_SUITES[args.suite](Path(args.model), args)
-        results["model"] = str(args.model)
+        from unclip.eval.report import markdown_report as model_markdown
+
+        print(model_markdown(results))
+        print(f"wrote {', '.join(results['files'])} to {args.out}")
+        return 0
     print(markdown_report(results))
     if args.out:
         js, md = write_report(results, args.out)
@@ -76,11 +104,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a CLIP or a whole model on a suite (shapes, emoji, ...)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--clip", help="a CLIP directory (ours, or a transformers CLIP)")
-    target.add_argument("--model", help="a whole unCLIP model directory")
+    target.add_argument("--model", help="a whole unCLIP model: bundle name or model directory")
     p.add_argument("--prior", action="append", help="a prior directory (repeat to compare; needs --clip)")
     p.add_argument("--suite", required=True, help="shapes or emoji")
     p.add_argument("--data", help="dataset the suite needs (the emoji build directory)")
     p.add_argument("--out", help="folder for results.json and results.md")
     p.add_argument("--n", type=int, help="samples per measurement (default: suite's own)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated evaluation scenes")
+    p.add_argument(
+        "--quick", action="store_true", help="whole-model suites: the few-minute CPU run (docs/evaluation.md)"
+    )
     p.set_defaults(func=_run)

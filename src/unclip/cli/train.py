@@ -121,7 +121,7 @@ def _add_clip(sub: argparse._SubParsersAction) -> None:
         help="contrastive CLIP (image + text towers)",
         description="Train our CLIP with symmetric InfoNCE (paper App. C). The model is written to OUT/clip/.",
     )
-    add_common_args(p, default_preset="clip-shapes-small")
+    add_common_args(p, default_preset="clip-shapes-resnet")
     p.add_argument(
         "--no-counterfactual",
         action="store_true",
