@@ -186,12 +186,30 @@ def _add_prior(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_prior)
 
 
+def _unet_recipe(args: argparse.Namespace, stage: str) -> tuple[dict[str, Any], Any]:
+    """The decoder's or upsampler's recipe, with --fp32 turning off bf16 and channels_last."""
+    model_dict, train_config = resolve_recipe(args, stage)
+    if args.fp32:
+        train_config = train_config.replace(precision="fp32", channels_last=False)
+    return model_dict, train_config
+
+
+def _unet_run_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments the decoder and upsampler trainers share."""
+    return {
+        "resume": args.resume,
+        "eval_samples": args.eval_samples,
+        "sample_steps": args.sample_steps,
+        "gradient_checkpointing": args.grad_checkpointing,
+        "num_workers": args.workers,
+        "device": args.device,
+    }
+
+
 def _run_decoder(args: argparse.Namespace) -> int:
     from unclip.train.decoder import EXPORT_DIR, train_decoder
 
-    model_dict, train_config = resolve_recipe(args, "decoder")
-    if args.fp32:
-        train_config = train_config.replace(precision="fp32", channels_last=False)
+    model_dict, train_config = _unet_recipe(args, "decoder")
     out = Path(args.out)
     result = train_decoder(
         model_dict,
@@ -199,13 +217,8 @@ def _run_decoder(args: argparse.Namespace) -> int:
         args.data,
         out,
         clip=args.clip,
-        resume=args.resume,
-        eval_samples=args.eval_samples,
         guidance_scale=args.guidance,
-        sample_steps=args.sample_steps,
-        gradient_checkpointing=args.grad_checkpointing,
-        num_workers=args.workers,
-        device=args.device,
+        **_unet_run_args(args),
     )
     return _report(result, out / EXPORT_DIR, "decoder")
 
@@ -228,22 +241,10 @@ def _add_decoder(sub: argparse._SubParsersAction) -> None:
 def _run_upsampler(args: argparse.Namespace) -> int:
     from unclip.train.upsampler import EXPORT_DIR, train_upsampler
 
-    model_dict, train_config = resolve_recipe(args, "upsampler")
-    if args.fp32:
-        train_config = train_config.replace(precision="fp32", channels_last=False)
+    model_dict, train_config = _unet_recipe(args, "upsampler")
     out = Path(args.out)
     result = train_upsampler(
-        model_dict,
-        train_config,
-        args.data,
-        out,
-        resume=args.resume,
-        crops_per_image=args.crops_per_image,
-        eval_samples=args.eval_samples,
-        sample_steps=args.sample_steps,
-        gradient_checkpointing=args.grad_checkpointing,
-        num_workers=args.workers,
-        device=args.device,
+        model_dict, train_config, args.data, out, crops_per_image=args.crops_per_image, **_unet_run_args(args)
     )
     return _report(result, out / EXPORT_DIR, "upsampler")
 
