@@ -111,6 +111,7 @@ def _run_clip(args: argparse.Namespace) -> int:
         counterfactual=not args.no_counterfactual,
         aux_weight=args.aux_attributes,
         aux_shape_weight=args.aux_shape_weight,
+        probe_first=args.probe_first,
     )
     return _report(result, out / EXPORT_DIR, "CLIP")
 
@@ -141,6 +142,14 @@ def _add_clip(sub: argparse._SubParsersAction) -> None:
         default=1.0,
         metavar="K",
         help="weight of the probe's shape term relative to colour, size and fill (default 1)",
+    )
+    p.add_argument(
+        "--probe-first",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --aux-attributes: train the image tower on the probe alone for the first N steps, "
+        "then add InfoNCE (puts shape into the tower first; see docs/clip.md)",
     )
     p.set_defaults(func=_run_clip)
 

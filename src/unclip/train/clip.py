@@ -108,11 +108,14 @@ def unwrap(model: nn.Module) -> ClipModel:
     return model.clip if isinstance(model, ClipWithProbe) else model  # type: ignore[return-value]
 
 
-def clip_loss(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+def clip_loss(
+    model: nn.Module, batch: dict[str, Any], contrastive_weight: float = 1.0
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Symmetric InfoNCE on one batch (plus the attribute probe's loss when the model has one).
 
     Positives: identical captions, and on the shapes world every caption that is true of an image
     (from the scene specs), so that "a star" is not pushed away from every other star in the batch.
+    ``contrastive_weight`` scales InfoNCE (0 during a probe-only warm start; it is still logged).
     """
     clip = unwrap(model)
     device = clip.device
@@ -124,6 +127,8 @@ def clip_loss(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, di
     else:
         positives = caption_positives(batch["caption"], device)
     loss, metrics = contrastive_loss(img, txt, scale, positives)
+    metrics["infonce"] = loss.item()
+    loss = loss * contrastive_weight
     if isinstance(model, ClipWithProbe):
         aux = model.probe.loss(img * img.shape[-1] ** 0.5, batch["spec"])  # unit-variance inputs
         metrics["aux_loss"] = aux.item()
@@ -228,7 +233,7 @@ def _check_run(run_dir: Path, record: dict[str, Any]) -> None:
             if saved["aux_weight"] > 0
             else f"{run_dir} was trained without --aux-attributes"
         )
-    for key in ("aux_weight", "aux_shape_weight"):
+    for key in ("aux_weight", "aux_shape_weight", "probe_first"):
         if saved.get(key, 1.0) != record.get(key, 1.0):
             logger.info("resuming with %s %s (was %s)", key, record.get(key), saved.get(key, 1.0))
     fixed = ("batch_size", "grad_accum", "seed")
@@ -251,6 +256,7 @@ def train_clip(
     counterfactual: bool = True,
     aux_weight: float = 0.0,
     aux_shape_weight: float = 1.0,
+    probe_first: int = 0,
 ) -> TrainResult:
     """Train a CLIP on ``data`` into ``run_dir``.
 
@@ -268,6 +274,9 @@ def train_clip(
         aux_weight: shapes world only: weight of the :class:`AttributeProbe` loss added to
             InfoNCE (0: plain CLIP). The probe is not exported.
         aux_shape_weight: weight of the probe's shape term relative to colour, size and fill.
+        probe_first: train the image tower with the probe loss alone for this many steps, then
+            add InfoNCE (a supervised warm start that puts shape into the tower before the
+            contrastive loss can crowd it out; docs/clip.md). Needs ``aux_weight`` > 0.
 
     Raises:
         UserError: an existing run without ``resume``, or a resume with different settings.
@@ -277,6 +286,8 @@ def train_clip(
     is_shapes = describe_data(data) == "shapes"
     if aux_weight < 0 or aux_shape_weight <= 0 or (aux_weight > 0 and not is_shapes):
         raise UserError("--aux-attributes needs the shapes world (it reads scene specs) and a weight >= 0")
+    if probe_first < 0 or (probe_first > 0 and aux_weight <= 0):
+        raise UserError("--probe-first needs --aux-attributes > 0 and a step count >= 0")
     record = {
         "stage": "clip",
         "model": model_config.to_dict(),
@@ -285,6 +296,7 @@ def train_clip(
         "counterfactual": counterfactual and is_shapes,
         "aux_weight": aux_weight,
         "aux_shape_weight": aux_shape_weight,
+        "probe_first": probe_first,
     }
     has_state = (run_dir / "state.pt").is_file()
     if has_state and not resume:
@@ -324,9 +336,12 @@ def train_clip(
 
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("CLIP: %.2fM trainable parameters; data %s", n_params / 1e6, data)
+    def loss_fn(m: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        return clip_loss(m, batch, 0.0 if trainer.step < probe_first else 1.0)
+
     trainer = Trainer(
         model,
-        clip_loss,
+        loss_fn,
         stream,
         train_config,
         run_dir,
