@@ -72,12 +72,12 @@ def test_probe_first_trains_the_probe_alone_then_adds_infonce(tmp_path, capsys):
     args = ["-q", "train", "clip", "--data", "shapes:16", "--out", str(run), "--preset", "clip-tiny-test"]
     assert main([*args, "--steps", "2", "--probe-first", "1"]) == 2  # needs the probe
     assert "--probe-first" in capsys.readouterr().err
-    assert main([*args, "--steps", "4", "--aux-attributes", "1", "--probe-first", "2", "--log-every", "1"]) == 0
+    assert (
+        main([*args, "--steps", "4", "--aux-attributes", "1", "--probe-first", "2", "--log-every", "1"]) == 0
+    )
     rows = [r.split(",") for r in (run / "log.csv").read_text().splitlines()]
     col = {name: i for i, name in enumerate(rows[0])}
-    loss, aux, nce = (
-        [float(r[col[k]]) for r in rows[1:]] for k in ("loss", "aux_loss", "infonce")
-    )
+    loss, aux, nce = ([float(r[col[k]]) for r in rows[1:]] for k in ("loss", "aux_loss", "infonce"))
     assert loss[:2] == pytest.approx(aux[:2])  # steps 1-2: the probe alone
     assert loss[2:] == pytest.approx([a + n for a, n in zip(aux[2:], nce[2:])], rel=1e-4)
     assert min(nce) > 0

@@ -336,6 +336,7 @@ def train_clip(
 
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("CLIP: %.2fM trainable parameters; data %s", n_params / 1e6, data)
+
     def loss_fn(m: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         return clip_loss(m, batch, 0.0 if trainer.step < probe_first else 1.0)
 
