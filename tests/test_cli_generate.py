@@ -85,7 +85,7 @@ def regenerates(capsys, tmp_path: Path, out: Path, index: int | None = None) -> 
 
 def test_generate_end_to_end(capsys, tmp_path, model):
     out = tmp_path / "gen"
-    code, printed, _ = run(
+    code, printed, err = run(
         capsys, "generate", "a red circle", "a big blue square", "--model", str(model),
         "--num-images", "2", "--seed", "5", "--out", str(out),
     )  # fmt: skip
@@ -96,9 +96,16 @@ def test_generate_end_to_end(capsys, tmp_path, model):
     assert entries[0]["model"]["dir"] == str(model.resolve())
     assert entries[0]["job"]["upsampler_steps"] == [3] and entries[0]["job"]["size"] == 64
     regenerates(capsys, tmp_path, out)
+    with Image.open(out / "grid-generate-0000.png") as grid:  # 4 tiles of 64 px, 2 px apart
+        assert grid.size == (4 * 64 + 5 * 2, 64 + 2 * 2)
+    timing = [line for line in err.splitlines() if line.startswith("time: ")]
+    assert len(timing) == 1 and all(
+        k in timing[0] for k in ("load", "prior", "decoder", "upsampler1", "total")
+    )
     # a second run into the same folder adds numbered files and manifest entries
-    code, printed, _ = run(capsys, "generate", "a red circle", "--model", str(model), "--out", str(out))
+    code, printed, err = run(capsys, "generate", "a red circle", "--model", str(model), "--out", str(out))
     assert code == 0 and printed.strip().endswith("generate-0004.png")
+    assert "grid:" not in err  # one image: no contact sheet
     assert len(read_manifest(out / "manifest.json")["images"]) == 5
 
 
