@@ -1,0 +1,232 @@
+"""Retrain a shipped bundle from scratch, stage by stage, resumable (docs/bundles.md).
+
+    python scripts/train_bundle.py shapes --out runs/bundle-shapes          # about 2 h on 2 cores
+    python scripts/train_bundle.py shapes --out runs/bundle-shapes --dry-run
+
+Each stage is one ``unclip`` command with its own run directory under ``--out``. Stages run in
+two lanes, one per core (``OMP_NUM_THREADS=1`` each), and a stage starts when the stages it needs
+are done:
+
+    lane 1: clip ------------------------> decoder
+    lane 2: upsampler -> (clip) -> embed -> prior -> prior_ar
+    then:   assemble (bf16 model directory) -> evaluate --quick
+
+When one lane has nothing left to do while the other is still training, the running stage is
+stopped at its next step (SIGTERM: it saves a checkpoint) and resumed with two threads, so the
+second core is not left idle. A finished stage leaves ``OUT/<stage>.done`` and is skipped on the next invocation; an interrupted
+training stage is resumed from its last atomic checkpoint (``--resume``). ``OUT/recipe.json``
+records every command, its exit status and its wall time. Stop with Ctrl-C at any moment and run
+the same command again to continue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Stage recipes per bundle: (name, lane, needs, argv after ``unclip -q``). ``{out}`` is --out.
+RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
+    "shapes": [
+        (
+            "clip", 1, (),
+            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
+             "--aux-shape-weight", "8", "--probe-first", "600", "--steps", "2000", "--out", "{out}/clip"],
+        ),
+        (
+            "upsampler", 2, (),
+            ["train", "upsampler", "--data", "shapes", "--preset", "upsampler-32-128", "--steps", "800",
+             "--out", "{out}/upsampler"],
+        ),
+        (
+            "embed", 2, ("clip",),
+            ["embed", "--clip", "{out}/clip/clip", "--data", "shapes", "--limit", "50000", "--out", "{out}/embed"],
+        ),
+        (
+            "decoder", 1, ("clip",),
+            ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip/clip", "--preset", "decoder-shapes",
+             "--steps", "2400", "--out", "{out}/decoder"],
+        ),
+        (
+            "prior", 2, ("embed",),
+            ["train", "prior", "--kind", "diffusion", "--data", "{out}/embed",
+             "--preset", "prior-diffusion-shapes-bundle", "--out", "{out}/prior"],
+        ),
+        (
+            "prior_ar", 2, ("embed",),
+            ["train", "prior", "--kind", "ar", "--data", "{out}/embed", "--preset", "prior-ar-shapes-bundle",
+             "--out", "{out}/prior_ar"],
+        ),
+    ],
+}  # fmt: skip
+DEFAULTS = {"shapes": {"upsampler_steps": [10]}}
+
+
+@dataclass
+class Stage:
+    name: str
+    lane: int
+    needs: tuple[str, ...]
+    argv: list[str]
+
+
+class Runner:
+    """Runs the stages of one recipe, two lanes in parallel, recording times in recipe.json."""
+
+    def __init__(self, out: Path, stages: list[Stage], dry_run: bool) -> None:
+        self.out, self.stages, self.dry_run = out, stages, dry_run
+        self.lock = threading.Lock()
+        self.done = {s.name for s in stages if self.marker(s.name).is_file()}
+        self.failed: list[str] = []
+        self.record_path = out / "recipe.json"
+        self.record = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {}
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+        self.widen: set[str] = set()  # stages stopped to be resumed with two threads
+
+    def marker(self, name: str) -> Path:
+        return self.out / f"{name}.done"
+
+    def command(self, stage: Stage) -> list[str]:
+        argv = ["unclip", "-q", *(a.format(out=self.out) for a in stage.argv)]
+        resumable = (self.out / stage.name / "state.pt").is_file() or (
+            stage.name == "embed" and (self.out / "embed").is_dir()
+        )
+        return [*argv, "--resume"] if resumable else argv
+
+    def run_stage(self, stage: Stage, threads: int = 1) -> bool:
+        cmd = self.command(stage)
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {stage.name} ({threads} thread(s)): {shlex.join(cmd)}", flush=True
+        )
+        if self.dry_run:
+            return True
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        start = time.time()
+        with open(self.out / f"{stage.name}.log", "a") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            with self.lock:
+                self.running[stage.name] = proc
+            code = proc.wait()
+            with self.lock:
+                del self.running[stage.name]
+        seconds = time.time() - start
+        with self.lock:
+            runs = self.record.setdefault(stage.name, [])
+            runs.append(
+                {
+                    "command": shlex.join(cmd),
+                    "threads": threads,
+                    "exit": code,
+                    "wall_seconds": round(seconds, 1),
+                }
+            )
+            tmp = self.record_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.record, indent=2) + "\n")
+            tmp.replace(self.record_path)
+            widen = stage.name in self.widen
+            self.widen.discard(stage.name)
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {stage.name}: exit {code} after {seconds / 60:.1f} min",
+            flush=True,
+        )
+        if widen and code != 0 and (self.out / stage.name / "state.pt").is_file():
+            return self.run_stage(stage, threads=2)  # stopped by widen_other(): resume on both cores
+        if code == 0:
+            self.marker(stage.name).touch()
+        return code == 0
+
+    def widen_other(self) -> None:
+        """This lane is finished: stop a training stage still running so it resumes with 2 threads."""
+        with self.lock:
+            for name, proc in self.running.items():
+                if name not in self.widen and (self.out / name / "state.pt").is_file():
+                    self.widen.add(name)
+                    proc.send_signal(signal.SIGTERM)  # the trainer saves at the end of this step
+                    print(f"[{time.strftime('%H:%M:%S')}] {name}: restarting on two threads", flush=True)
+
+    def lane(self, number: int) -> None:
+        for stage in [s for s in self.stages if s.lane == number]:
+            if stage.name in self.done:
+                continue
+            while not all(n in self.done for n in stage.needs):
+                if self.failed:
+                    return
+                time.sleep(5)
+            if not self.run_stage(stage):
+                with self.lock:
+                    self.failed.append(stage.name)
+                return
+            with self.lock:
+                self.done.add(stage.name)
+        if not self.failed:
+            self.widen_other()
+
+    def run(self) -> bool:
+        lanes = sorted({s.lane for s in self.stages})
+        if self.dry_run:  # print the commands in dependency order
+            for s in self.stages:
+                if s.name not in self.done:
+                    self.run_stage(s)
+            return True
+        threads = [threading.Thread(target=self.lane, args=(n,), daemon=True) for n in lanes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(timeout=1.0)
+        return not self.failed
+
+
+def assemble(out: Path, bundle: str) -> Path:
+    """The bf16 model directory ``OUT/model`` from the finished stages."""
+    model = out / "model"
+    cmd = [
+        sys.executable, str(Path(__file__).with_name("assemble_model.py")), "--out", str(model),
+        "--clip", str(out / "clip"), "--decoder", str(out / "decoder"), "--prior", str(out / "prior"),
+        "--prior-ar", str(out / "prior_ar"), "--upsampler", str(out / "upsampler"), "--dtype", "bf16",
+        "--defaults", json.dumps(DEFAULTS[bundle]),
+    ]  # fmt: skip
+    subprocess.check_call(cmd)
+    return model
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundle", choices=sorted(RECIPES))
+    ap.add_argument("--out", required=True, help="folder of the stage run directories")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands without running them")
+    ap.add_argument("--no-eval", action="store_true", help="skip `unclip evaluate --quick` at the end")
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = [Stage(name, lane, needs, argv) for name, lane, needs, argv in RECIPES[a.bundle]]
+    runner = Runner(out, stages, a.dry_run)
+    if not runner.run():
+        print(f"stage {', '.join(runner.failed)} failed; see {out}/<stage>.log, then run again to resume")
+        return 1
+    if a.dry_run:
+        return 0
+    model = assemble(out, a.bundle)
+    print(f"model: {model}")
+    if not a.no_eval and not (out / "eval.done").is_file():
+        eval_stage = Stage(
+            "eval",
+            1,
+            (),
+            ["evaluate", "--model", str(model), "--suite", "shapes", "--quick", "--out", "{out}/eval"],
+        )
+        if not runner.run_stage(eval_stage):
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
