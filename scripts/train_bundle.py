@@ -43,7 +43,7 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
         ),
         (
             "upsampler", 2, (),
-            ["train", "upsampler", "--data", "shapes", "--preset", "upsampler-32-128", "--steps", "800",
+            ["train", "upsampler", "--data", "shapes", "--preset", "upsampler-32-128", "--steps", "1500",
              "--out", "{out}/upsampler"],
         ),
         (
@@ -53,7 +53,7 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
         (
             "decoder", 1, ("clip",),
             ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip/clip", "--preset", "decoder-shapes",
-             "--steps", "2400", "--out", "{out}/decoder"],
+             "--steps", "3200", "--out", "{out}/decoder"],
         ),
         (
             "prior", 2, ("embed",),
@@ -110,13 +110,16 @@ class Runner:
             return True
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         start = time.time()
+        pid_file = self.out / f"{stage.name}.pid"
         with open(self.out / f"{stage.name}.log", "a") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            pid_file.write_text(str(proc.pid))
             with self.lock:
                 self.running[stage.name] = proc
             code = proc.wait()
             with self.lock:
                 del self.running[stage.name]
+            pid_file.unlink(missing_ok=True)
         seconds = time.time() - start
         with self.lock:
             runs = self.record.setdefault(stage.name, [])
@@ -152,11 +155,30 @@ class Runner:
                     proc.send_signal(signal.SIGTERM)  # the trainer saves at the end of this step
                     print(f"[{time.strftime('%H:%M:%S')}] {name}: restarting on two threads", flush=True)
 
+    def running_elsewhere(self, name: str) -> bool:
+        """Whether another invocation is running this stage now (its pid file names a live process)."""
+        try:
+            os.kill(int((self.out / f"{name}.pid").read_text()), 0)
+        except (OSError, ValueError):
+            return False
+        return True
+
     def lane(self, number: int) -> None:
         for stage in [s for s in self.stages if s.lane == number]:
-            if stage.name in self.done:
+            while self.running_elsewhere(stage.name):
+                time.sleep(5)
+            if stage.name in self.done or self.marker(stage.name).is_file():
+                with self.lock:
+                    self.done.add(stage.name)
                 continue
-            while not all(n in self.done for n in stage.needs):
+            while not all(n in self.done or self.marker(n).is_file() for n in stage.needs):
+                names = {s.name for s in self.stages}
+                orphans = [n for n in stage.needs if n not in names and not self.running_elsewhere(n)]
+                if orphans and not all(self.marker(n).is_file() for n in orphans):
+                    print(f"{stage.name} needs stage(s) {', '.join(orphans)}: run them first", flush=True)
+                    with self.lock:
+                        self.failed.append(stage.name)
+                    return
                 if self.failed:
                     return
                 time.sleep(5)
@@ -204,15 +226,24 @@ def main() -> int:
     ap.add_argument("--out", required=True, help="folder of the stage run directories")
     ap.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     ap.add_argument("--no-eval", action="store_true", help="skip `unclip evaluate --quick` at the end")
+    ap.add_argument("--stages", help="comma-separated stages to run now (default: all, then assemble)")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     stages = [Stage(name, lane, needs, argv) for name, lane, needs, argv in RECIPES[a.bundle]]
+    if a.stages:
+        wanted = a.stages.split(",")
+        unknown = sorted(set(wanted) - {s.name for s in stages})
+        if unknown:
+            ap.error(
+                f"unknown stage(s) {', '.join(unknown)}; the {a.bundle} recipe has {', '.join(s.name for s in stages)}"
+            )
+        stages = [s for s in stages if s.name in wanted]
     runner = Runner(out, stages, a.dry_run)
     if not runner.run():
         print(f"stage {', '.join(runner.failed)} failed; see {out}/<stage>.log, then run again to resume")
         return 1
-    if a.dry_run:
+    if a.dry_run or a.stages:
         return 0
     model = assemble(out, a.bundle)
     print(f"model: {model}")
