@@ -89,6 +89,18 @@ def test_stop_and_resume_is_identical(tmp_path, reference):
     assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
 
 
+def test_stop_at_then_resume_is_identical(tmp_path, reference):
+    """--stop-at keeps the schedule of the whole run, so stopping there and resuming changes nothing."""
+    ref_weights, ref_rows, _ = reference
+    res = make_trainer(tmp_path).run(stop_at=5)
+    assert res.interrupted and res.step == 5
+    assert load_train_state(tmp_path / "state.pt")["step"] == 5
+    t2 = make_trainer(tmp_path)
+    assert t2.run(resume=True, stop_at=20).step == 8  # past the end: just finishes
+    assert_same(weights(t2), ref_weights)
+    assert [r["lr"] for r in log_rows(tmp_path)] == [r["lr"] for r in ref_rows]
+
+
 def test_crash_between_checkpoints_resumes_from_last(tmp_path, reference):
     ref_weights, ref_rows, _ = reference
     calls = {"n": 0}

@@ -44,6 +44,12 @@ def add_common_args(parser: argparse.ArgumentParser, default_preset: str | None)
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
+    parser.add_argument(
+        "--stop-at",
+        type=int,
+        metavar="STEP",
+        help="save and stop at STEP, keeping the schedule of --steps (continue later with --resume)",
+    )
 
 
 _FLAG_TO_FIELD = {
@@ -66,6 +72,8 @@ def resolve_recipe(args: argparse.Namespace, kind: str) -> tuple[dict[str, Any],
     from unclip.presets import get_preset, load_preset_file
     from unclip.train.config import TrainConfig
 
+    if getattr(args, "stop_at", None) is not None and args.stop_at < 1:
+        raise UserError(f"--stop-at must be a step >= 1, got {args.stop_at}")
     if args.config:
         recipe = load_preset_file(args.config)
     elif args.preset:
@@ -82,8 +90,13 @@ def resolve_recipe(args: argparse.Namespace, kind: str) -> tuple[dict[str, Any],
     return recipe.get("model", {}), TrainConfig.from_dict(train)
 
 
-def _report(result: Any, out: Path, what: str) -> int:
+def _report(result: Any, out: Path, what: str, stop_at: int | None = None) -> int:
     mins = result.train_seconds / 60
+    if result.interrupted and result.step == stop_at:
+        print(
+            f"stopped at step {result.step} (--stop-at); checkpoint saved in {out} (continue with --resume)"
+        )
+        return 0
     if result.interrupted:
         print(f"interrupted at step {result.step}; checkpoint saved in {out} (continue with --resume)")
         return 130
@@ -106,6 +119,7 @@ def _run_clip(args: argparse.Namespace) -> int:
         args.data,
         out,
         resume=args.resume,
+        stop_at=args.stop_at,
         num_workers=args.workers,
         device=args.device,
         counterfactual=not args.no_counterfactual,
@@ -113,7 +127,7 @@ def _run_clip(args: argparse.Namespace) -> int:
         aux_shape_weight=args.aux_shape_weight,
         probe_first=args.probe_first,
     )
-    return _report(result, out / EXPORT_DIR, "CLIP")
+    return _report(result, out / EXPORT_DIR, "CLIP", args.stop_at)
 
 
 def _add_clip(sub: argparse._SubParsersAction) -> None:
@@ -168,11 +182,12 @@ def _run_prior(args: argparse.Namespace) -> int:
         args.data,
         out,
         resume=args.resume,
+        stop_at=args.stop_at,
         val_size=args.val_size,
         pca_variance=args.pca_variance,
         device=args.device,
     )
-    return _report(result, out / EXPORT_DIR, f"{args.kind} prior")
+    return _report(result, out / EXPORT_DIR, f"{args.kind} prior", args.stop_at)
 
 
 def _add_prior(sub: argparse._SubParsersAction) -> None:
@@ -207,6 +222,7 @@ def _unet_run_args(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments the decoder and upsampler trainers share."""
     return {
         "resume": args.resume,
+        "stop_at": args.stop_at,
         "eval_samples": args.eval_samples,
         "sample_steps": args.sample_steps,
         "gradient_checkpointing": args.grad_checkpointing,
@@ -229,7 +245,7 @@ def _run_decoder(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance,
         **_unet_run_args(args),
     )
-    return _report(result, out / EXPORT_DIR, "decoder")
+    return _report(result, out / EXPORT_DIR, "decoder", args.stop_at)
 
 
 def _add_decoder(sub: argparse._SubParsersAction) -> None:
@@ -255,7 +271,7 @@ def _run_upsampler(args: argparse.Namespace) -> int:
     result = train_upsampler(
         model_dict, train_config, args.data, out, crops_per_image=args.crops_per_image, **_unet_run_args(args)
     )
-    return _report(result, out / EXPORT_DIR, "upsampler")
+    return _report(result, out / EXPORT_DIR, "upsampler", args.stop_at)
 
 
 def _add_upsampler(sub: argparse._SubParsersAction) -> None:

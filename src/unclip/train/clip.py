@@ -250,6 +250,7 @@ def train_clip(
     data: str,
     run_dir: str | Path,
     resume: bool = False,
+    stop_at: int | None = None,
     num_workers: int = 0,
     sample_fn: Any = None,
     device: str | None = None,
@@ -266,6 +267,7 @@ def train_clip(
         data: a ``--data`` spec (see :func:`unclip.train.data.open_data`).
         run_dir: the run directory (see the module docstring).
         resume: continue the run in ``run_dir``; without it an existing run is an error.
+        stop_at: save and stop at this step (the schedule still spans all the steps).
         num_workers: data loading workers.
         sample_fn: periodic quick evaluation hook (default: :func:`default_eval_fn` for the data).
         device: default from the environment.
@@ -351,7 +353,7 @@ def train_clip(
         extra_state=record,
         device=device,
     )
-    return trainer.run(resume=resume)
+    return trainer.run(resume=resume, stop_at=stop_at)
 
 
 def default_eval_fn(data: str, image_size: int) -> Any:

@@ -441,6 +441,7 @@ def train_decoder(
     *,
     clip: str | None = None,
     resume: bool = False,
+    stop_at: int | None = None,
     eval_samples: int = 32,
     guidance_scale: float = 3.0,
     sample_steps: int | str = 25,
@@ -459,6 +460,7 @@ def train_decoder(
         run_dir: the run directory.
         clip: a frozen CLIP directory (embeddings computed on the fly).
         resume: continue the run in ``run_dir``.
+        stop_at: save and stop at this step (the schedule still spans all the steps).
         eval_samples: held-out scenes decoded at each ``sample_every``.
         guidance_scale: decoder guidance for those samples.
         sample_steps: sampler steps for those samples.
@@ -528,4 +530,4 @@ def train_decoder(
         extra_state={"stage": "decoder"},
         device=device,
     )
-    return trainer.run(resume=resume)
+    return trainer.run(resume=resume, stop_at=stop_at)

@@ -316,9 +316,14 @@ class Trainer:
         return total, gnorm, metrics
 
     # --- the loop ----------------------------------------------------------------------------
-    def run(self, resume: bool = True) -> TrainResult:
-        """Train up to ``config.steps``. With ``resume``, continue from run_dir/state.pt if present."""
+    def run(self, resume: bool = True, stop_at: int | None = None) -> TrainResult:
+        """Train up to ``config.steps``. With ``resume``, continue from run_dir/state.pt if present.
+
+        ``stop_at`` saves and returns at that step instead (an interrupted result), leaving the
+        learning-rate schedule as if the run went on: a resume continues it exactly.
+        """
         cfg = self.config
+        end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
         if is_main_process():
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if not (resume and self.try_resume()):
@@ -333,7 +338,7 @@ class Trainer:
         bar = progress(total=cfg.steps, initial=self.step, desc="train", unit="step")
         interrupted = False
         with self._signals(), bar:
-            while self.step < cfg.steps:
+            while self.step < end:
                 t0, c0 = time.perf_counter(), time.process_time()
                 loss, gnorm, metrics = self._train_step()
                 dt = time.perf_counter() - t0
@@ -379,6 +384,7 @@ class Trainer:
                     break
                 if self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.save()
+            interrupted = interrupted or self.step < cfg.steps
             self.save()
         ips = cfg.batch_size * (self.step - start_step) / max(session_seconds, 1e-9)
         return TrainResult(self.step, interrupted, self.train_seconds, self.cpu_seconds, ips, last)

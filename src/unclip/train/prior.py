@@ -267,6 +267,7 @@ def train_prior(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    stop_at: int | None = None,
     val_size: int = 1000,
     pca_variance: float = 0.99,
     val_samples: int = 128,
@@ -282,6 +283,7 @@ def train_prior(
         data: an embedding-shard folder.
         run_dir: the run directory (see the module docstring).
         resume: continue the run in ``run_dir``; without it an existing run is an error.
+        stop_at: save and stop at this step (the schedule still spans all the steps).
         val_size: samples held out at the end of the data for validation.
         pca_variance: AR prior: variance fraction the kept PCA components must retain.
         val_samples: captions sampled at each validation.
@@ -361,4 +363,4 @@ def train_prior(
         extra_state=record,
         device=device,
     )
-    return trainer.run(resume=resume)
+    return trainer.run(resume=resume, stop_at=stop_at)

@@ -177,6 +177,7 @@ def train_upsampler(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    stop_at: int | None = None,
     crops_per_image: int = 4,
     eval_samples: int = 16,
     sample_steps: int | str = 27,
@@ -192,6 +193,7 @@ def train_upsampler(
         data: a ``--data`` spec; images are brought to the target size.
         run_dir: the run directory.
         resume: continue the run in ``run_dir``.
+        stop_at: save and stop at this step (the schedule still spans all the steps).
         crops_per_image: crops per high-resolution image (must divide the micro-batch).
         eval_samples: held-out images upsampled at each ``sample_every``.
         sample_steps: sampler steps for those.
@@ -246,7 +248,7 @@ def train_upsampler(
         sample_fn=sample_fn,
         device=device,
     )
-    return trainer.run(resume=resume)
+    return trainer.run(resume=resume, stop_at=stop_at)
 
 
 __all__ = ["CropBatches", "evaluate_upsampler", "psnr", "train_upsampler", "upsampler_loss"]
