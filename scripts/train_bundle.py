@@ -3,12 +3,12 @@
     python scripts/train_bundle.py shapes --out runs/bundle-shapes          # about 2 h on 2 cores
     python scripts/train_bundle.py shapes --out runs/bundle-shapes --dry-run
 
-Each stage is one ``unclip`` command with its own run directory under ``--out``. Stages run in
+Each stage is one ``unclip`` command whose ``--out`` is a run directory under ``--out``. Stages run in
 two lanes, one per core (``OMP_NUM_THREADS=1`` each), and a stage starts when the stages it needs
 are done:
 
-    lane 1: clip ------------------------> decoder
-    lane 2: upsampler -> (clip) -> embed -> prior -> prior_ar
+    lane 1: clip -> clip_b ---------------> decoder
+    lane 2: upsampler -> (clip_b) -> embed -> prior -> prior_ar
     then:   assemble (bf16 model directory) -> evaluate --quick
 
 When one lane has nothing left to do while the other is still training, the running stage is
@@ -36,10 +36,18 @@ from pathlib import Path
 #: Stage recipes per bundle: (name, lane, needs, argv after ``unclip -q``). ``{out}`` is --out.
 RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
     "shapes": [
+        # CLIP: the attribute probe alone for 600 steps, then InfoNCE + probe; the probe's shape
+        # weight drops from 8 to 2 at step 1331 so that colour and fill catch up (docs/clip.md).
         (
             "clip", 1, (),
             ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
-             "--aux-shape-weight", "8", "--probe-first", "600", "--steps", "2000", "--out", "{out}/clip"],
+             "--aux-shape-weight", "8", "--probe-first", "600", "--steps", "2000", "--stop-at", "1331",
+             "--out", "{out}/clip"],
+        ),
+        (
+            "clip_b", 1, ("clip",),
+            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
+             "--aux-shape-weight", "2", "--probe-first", "600", "--steps", "2000", "--out", "{out}/clip"],
         ),
         (
             "upsampler", 2, (),
@@ -47,11 +55,11 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
              "--out", "{out}/upsampler"],
         ),
         (
-            "embed", 2, ("clip",),
+            "embed", 2, ("clip_b",),
             ["embed", "--clip", "{out}/clip/clip", "--data", "shapes", "--limit", "50000", "--out", "{out}/embed"],
         ),
         (
-            "decoder", 1, ("clip",),
+            "decoder", 1, ("clip_b",),
             ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip/clip", "--preset", "decoder-shapes",
              "--steps", "3200", "--out", "{out}/decoder"],
         ),
@@ -77,6 +85,10 @@ class Stage:
     needs: tuple[str, ...]
     argv: list[str]
 
+    def run_dir(self, out: Path) -> Path:
+        """The stage's ``--out`` (several stages may continue one run)."""
+        return Path(self.argv[self.argv.index("--out") + 1].format(out=out))
+
 
 class Runner:
     """Runs the stages of one recipe, two lanes in parallel, recording times in recipe.json."""
@@ -96,9 +108,8 @@ class Runner:
 
     def command(self, stage: Stage) -> list[str]:
         argv = ["unclip", "-q", *(a.format(out=self.out) for a in stage.argv)]
-        resumable = (self.out / stage.name / "state.pt").is_file() or (
-            stage.name == "embed" and (self.out / "embed").is_dir()
-        )
+        run_dir = stage.run_dir(self.out)
+        resumable = (run_dir / "state.pt").is_file() or (stage.name == "embed" and run_dir.is_dir())
         return [*argv, "--resume"] if resumable else argv
 
     def run_stage(self, stage: Stage, threads: int = 1) -> bool:
@@ -140,7 +151,7 @@ class Runner:
             f"[{time.strftime('%H:%M:%S')}] {stage.name}: exit {code} after {seconds / 60:.1f} min",
             flush=True,
         )
-        if widen and code != 0 and (self.out / stage.name / "state.pt").is_file():
+        if widen and code != 0 and (stage.run_dir(self.out) / "state.pt").is_file():
             return self.run_stage(stage, threads=2)  # stopped by widen_other(): resume on both cores
         if code == 0:
             self.marker(stage.name).touch()
@@ -149,8 +160,9 @@ class Runner:
     def widen_other(self) -> None:
         """This lane is finished: stop a training stage still running so it resumes with 2 threads."""
         with self.lock:
+            dirs = {s.name: s.run_dir(self.out) for s in self.stages}
             for name, proc in self.running.items():
-                if name not in self.widen and (self.out / name / "state.pt").is_file():
+                if name not in self.widen and (dirs[name] / "state.pt").is_file():
                     self.widen.add(name)
                     proc.send_signal(signal.SIGTERM)  # the trainer saves at the end of this step
                     print(f"[{time.strftime('%H:%M:%S')}] {name}: restarting on two threads", flush=True)
