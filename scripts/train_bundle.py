@@ -36,18 +36,18 @@ from pathlib import Path
 #: Stage recipes per bundle: (name, lane, needs, argv after ``unclip -q``). ``{out}`` is --out.
 RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
     "shapes": [
-        # CLIP: the attribute probe alone for 600 steps, then InfoNCE + probe; the probe's shape
-        # weight drops from 8 to 2 at step 1331 so that colour and fill catch up (docs/clip.md).
+        # CLIP: the attribute probe alone for 500 steps, then InfoNCE + probe; the probe's shape
+        # weight rises from 3 to 6 at step 1018 because shape was slipping (docs/clip.md, run H).
         (
             "clip", 1, (),
             ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
-             "--aux-shape-weight", "8", "--probe-first", "600", "--steps", "2000", "--stop-at", "1331",
+             "--aux-shape-weight", "3", "--probe-first", "500", "--steps", "1800", "--stop-at", "1018",
              "--out", "{out}/clip"],
         ),
         (
             "clip_b", 1, ("clip",),
             ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
-             "--aux-shape-weight", "2", "--probe-first", "600", "--steps", "2000", "--out", "{out}/clip"],
+             "--aux-shape-weight", "6", "--probe-first", "500", "--steps", "1800", "--out", "{out}/clip"],
         ),
         (
             "upsampler", 2, (),
@@ -61,7 +61,7 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
         (
             "decoder", 1, ("clip_b",),
             ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip/clip", "--preset", "decoder-shapes",
-             "--steps", "3200", "--out", "{out}/decoder"],
+             "--steps", "3000", "--out", "{out}/decoder"],
         ),
         (
             "prior", 2, ("embed",),
@@ -75,7 +75,7 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
         ),
     ],
 }  # fmt: skip
-DEFAULTS = {"shapes": {"upsampler_steps": [10]}}
+DEFAULTS = {"shapes": {"upsampler_steps": [6]}}
 
 
 @dataclass
