@@ -75,7 +75,7 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
         ),
     ],
 }  # fmt: skip
-DEFAULTS = {"shapes": {"upsampler_steps": [6]}}
+DEFAULTS = {"shapes": {"decoder_steps": 25, "upsampler_steps": [6]}}
 
 
 @dataclass
