@@ -15,15 +15,6 @@ from unclip.models.pca import PCAQuantizer, fit_pca
 D, W, L = 16, 12, 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: one thread is much faster than two.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_text(b: int, seed: int = 0, length: int = 6) -> TextEncoding:
     g = torch.Generator().manual_seed(seed)
     mask = torch.zeros(b, length, dtype=torch.bool)

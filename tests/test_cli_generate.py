@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from clip_helpers import one_thread
 from pipeline_helpers import make_tiny_model
 from unclip.cli import main
 from unclip.cli.outputs import read_manifest, read_png_record
@@ -25,11 +24,9 @@ def model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_not_quiet(monkeypatch):
+def _not_quiet(monkeypatch):
     # `unclip -q` sets UNCLIP_QUIET in os.environ; monkeypatch restores it after each test.
     monkeypatch.setenv("UNCLIP_QUIET", "0")
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -7,16 +7,9 @@ import json
 import pytest
 import torch
 
-from clip_helpers import one_thread
 from unclip.cli import main
 from unclip.clip import load_clip
 from unclip.data.embeddings import EmbeddingShards
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,6 @@ from unclip.presets import get_preset
 D, W, L = 16, 12, 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_config(**kw) -> DecoderConfig:
     model = get_preset("decoder-tiny-test")["model"]
     return DecoderConfig.from_dict({**model, "clip_dim": D, "text_dim": W, **kw})

@@ -21,14 +21,6 @@ from unclip.manipulate import Inversion, interpolate, invert, mix, reconstruct, 
 from unclip.pipeline import UnCLIPPipeline
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory) -> UnCLIPPipeline:
     return UnCLIPPipeline.from_pretrained(make_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))

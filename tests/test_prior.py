@@ -14,16 +14,6 @@ from unclip.models.prior import DiffusionPrior, DiffusionPriorConfig, EmbeddingS
 D, W, L = 16, 12, 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: thread start-up and sync dominate, and on a shared 2-core machine two threads
-    # per op can be 100x slower than one.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_text(b: int, seed: int = 0, length: int = 6) -> TextEncoding:
     """A random TextEncoding with right-padded masks of varying length."""
     g = torch.Generator().manual_seed(seed)

@@ -22,15 +22,6 @@ DATA = GaussianData(mean=(0.5, -0.8, 0.0, 1.2), std=(0.5, 0.7, 0.85, 1.0))
 N = 10_000
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small tensors: torch's intra-op threads only add contention on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _diffusion(**kw) -> GaussianDiffusion:
     return GaussianDiffusion.from_schedule("cosine", 1000, **kw)
 

@@ -17,14 +17,6 @@ from unclip.train.decoder import train_decoder
 from unclip.train.upsampler import train_upsampler
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("clip") / "clip"

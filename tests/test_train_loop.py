@@ -7,20 +7,13 @@ import signal
 import pytest
 import torch
 
-from clip_helpers import one_thread, tiny_clip
+from clip_helpers import tiny_clip
 from unclip.train.clip import clip_loss
 from unclip.train.config import TrainConfig
 from unclip.train.data import MapBatches, SyntheticCaptions, open_data
 from unclip.train.loop import Trainer
 from unclip.train.optim import WarmupCosine, param_groups
 from unclip.train.state import capture_rng, load_train_state, restore_rng
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
-
 
 CFG = TrainConfig(steps=8, batch_size=16, lr=3e-3, warmup=2, save_every=2, log_every=1, ema_decay=0.9, seed=3)
 

@@ -18,14 +18,6 @@ from unclip.train.prior import train_prior
 D, W, L = 16, 12, 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def emb_dir(tmp_path_factory):
     """96 caption/image pairs whose image embedding depends on the caption."""

@@ -22,14 +22,6 @@ TINY = UNetConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def randomize(module: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch.nn.Module:
     """Give every weight (including the zero-initialised ones) a random value."""
     g = torch.Generator().manual_seed(seed)

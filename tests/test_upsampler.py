@@ -15,14 +15,6 @@ from unclip.presets import get_preset
 from unclip.train.upsampler import CropBatches, psnr
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_config(**kw) -> UpsamplerConfig:
     return UpsamplerConfig.from_dict({**get_preset("upsampler-tiny-test")["model"], **kw})
 
