@@ -15,7 +15,10 @@ from PIL import Image
 
 from pipeline_helpers import make_tiny_model
 from unclip.cli import main
+from unclip.cli.generate import DEFAULT_MODEL
 from unclip.cli.outputs import read_manifest, read_png_record
+from unclip.pipeline import resolve_model
+from unclip.pipeline.model_dir import BUNDLE_DIR
 
 
 @pytest.fixture(scope="module")
@@ -270,9 +273,10 @@ def test_bad_input_exit_2(capsys, tmp_path, model, picture, not_image, argv, mes
 def test_unknown_and_default_model(capsys, tmp_path):
     code, _, err = run(capsys, "generate", "a cat", "--model", "no-such-model", "--out", str(tmp_path / "o"))
     assert code == 2 and "no model directory or bundle named 'no-such-model'" in err
-    code, _, err = run(capsys, "generate", "a cat", "--out", str(tmp_path / "o"))
-    assert code == 2 and "'shapes'" in err and err.count("\n") == 1
+    assert "known bundles: shapes" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+    # without --model, the shipped bundle is used
+    assert resolve_model(DEFAULT_MODEL) == BUNDLE_DIR / "shapes"
     code, _, err = run(capsys, "inspect", "no-such-model")
     assert code == 2 and "no-such-model" in err
 

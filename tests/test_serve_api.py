@@ -246,9 +246,9 @@ def test_openapi_schema(server) -> None:
 def test_cli_serve_refuses_cleanly(capsys: pytest.CaptureFixture[str], tiny_model: Path) -> None:
     from unclip.cli import main
 
-    assert main(["serve"]) == 2  # the default bundle does not exist yet
+    assert main(["serve", "--model", "no-such-model"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no model directory or bundle named 'shapes'" in err
+    assert err.count("\n") == 1 and "no model directory or bundle named 'no-such-model'" in err
     assert main(["serve", "--model", str(tiny_model), "--host", "0.0.0.0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "without --api-key" in err and "--insecure" in err
