@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	touch $@ $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)
-	$(BIN)/unclip selfcheck --out outputs/selfcheck
+	$(BIN)/unclip generate --model shapes --num-images 4 --seed 0 --out outputs/demo "a small red star"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
