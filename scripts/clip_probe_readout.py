@@ -44,17 +44,14 @@ def main() -> None:
     img = model.clip.image_features(model.clip.preprocess(x))
     img = torch.nn.functional.normalize(img.float(), dim=-1)
     probe = model.probe
-    logits = probe.head(img * img.shape[-1] ** 0.5).view(a.n, len(probe.cells), -1)
     target = probe.targets([s.to_dict() for s in specs])
     occupied = target[..., 0] > 0
-    start, out = 0, {}
-    for i, (name, values) in enumerate(probe.values.items()):
-        n = len(values) + 1
-        pred = logits[..., start : start + n].argmax(-1)
+    out = {}
+    for i, (name, logits) in enumerate(probe.logits(img * img.shape[-1] ** 0.5).items()):
+        pred = logits.argmax(-1)
         out[name] = float((pred[occupied] == target[..., i][occupied]).float().mean())
         if i == 0:
             out["cells_exact"] = float(((pred > 0) == occupied).all(-1).float().mean())
-        start += n
     print(f"step {state['step']}: " + ", ".join(f"{k} {v:.3f}" for k, v in out.items()))
 
 

@@ -96,7 +96,6 @@ class Runner:
     def __init__(self, out: Path, stages: list[Stage], dry_run: bool) -> None:
         self.out, self.stages, self.dry_run = out, stages, dry_run
         self.lock = threading.Lock()
-        self.done = {s.name for s in stages if self.marker(s.name).is_file()}
         self.failed: list[str] = []
         self.record_path = out / "recipe.json"
         self.record = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {}
@@ -176,18 +175,19 @@ class Runner:
         return True
 
     def lane(self, number: int) -> None:
+        selected = {s.name for s in self.stages}
         for stage in [s for s in self.stages if s.lane == number]:
             while self.running_elsewhere(stage.name):
                 time.sleep(5)
-            if stage.name in self.done or self.marker(stage.name).is_file():
-                with self.lock:
-                    self.done.add(stage.name)
+            if self.marker(stage.name).is_file():
                 continue
-            while not all(n in self.done or self.marker(n).is_file() for n in stage.needs):
-                names = {s.name for s in self.stages}
-                orphans = [n for n in stage.needs if n not in names and not self.running_elsewhere(n)]
-                if orphans and not all(self.marker(n).is_file() for n in orphans):
-                    print(f"{stage.name} needs stage(s) {', '.join(orphans)}: run them first", flush=True)
+            while not all(self.marker(n).is_file() for n in stage.needs):
+                missing = [
+                    n for n in stage.needs
+                    if not self.marker(n).is_file() and n not in selected and not self.running_elsewhere(n)
+                ]  # fmt: skip
+                if missing:
+                    print(f"{stage.name} needs stage(s) {', '.join(missing)}: run them first", flush=True)
                     with self.lock:
                         self.failed.append(stage.name)
                     return
@@ -198,8 +198,6 @@ class Runner:
                 with self.lock:
                     self.failed.append(stage.name)
                 return
-            with self.lock:
-                self.done.add(stage.name)
         if not self.failed:
             self.widen_other()
 
@@ -207,7 +205,7 @@ class Runner:
         lanes = sorted({s.lane for s in self.stages})
         if self.dry_run:  # print the commands in dependency order
             for s in self.stages:
-                if s.name not in self.done:
+                if not self.marker(s.name).is_file():
                     self.run_stage(s)
             return True
         threads = [threading.Thread(target=self.lane, args=(n,), daemon=True) for n in lanes]

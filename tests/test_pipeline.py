@@ -350,3 +350,14 @@ def test_pipeline_rejects_mismatched_components():
     bad = comps["decoder"].__class__(comps["decoder"].config.replace(clip_dim=16))
     with pytest.raises(UserError, match="does not match"):
         UnCLIPPipeline(comps["clip"], bad)
+
+
+def test_prior_settings_fill_defaults_per_prior():
+    d = TINY_DEFAULTS.replace(prior_guidance_scale=2.0, ar_guidance_scale=4.0)
+    assert d.prior_settings() == {"prior": "diffusion", "prior_steps": 4, "prior_guidance": 2.0}
+    assert d.prior_settings("ar") == {"prior": "ar", "prior_steps": None, "prior_guidance": 4.0}
+    assert d.prior_settings("diffusion", 7, 0.0) == {
+        "prior": "diffusion",
+        "prior_steps": 7,
+        "prior_guidance": 0.0,
+    }

@@ -290,21 +290,17 @@ def _generate(args: argparse.Namespace) -> int:
     load_seconds = time.perf_counter() - started
     size = resolve_size(pipe, args.size)
     check_prompts_fit(pipe, [*prompts, negative] if negative else prompts, args.truncate)
-    d = pipe.defaults
-    prior = args.prior or d.prior
-    if prior == "ar" and pipe.prior_ar is None:
+    prior = pipe.defaults.prior_settings(args.prior, args.prior_steps, args.prior_guidance)
+    if prior["prior"] == "ar" and pipe.prior_ar is None:
         raise UserError("this model has no autoregressive prior; use --prior diffusion")
-    if prior == "diffusion" and pipe.prior is None:
+    if prior["prior"] == "diffusion" and pipe.prior is None:
         raise UserError("this model has no diffusion prior; use --prior ar")
-    default_guidance = d.ar_guidance_scale if prior == "ar" else d.prior_guidance_scale
     base = pick_seed(args.seed)
     n = args.num_images
     common = {
         "num_images": n,
         "negative": negative,
-        "prior": prior,
-        "prior_steps": None if prior == "ar" else (args.prior_steps or d.prior_steps),
-        "prior_guidance": default_guidance if args.prior_guidance is None else args.prior_guidance,
+        **prior,
         **decoder_settings(pipe, args, size),
     }
     # Prompt p's image k gets seed base + p * n + k: the seeds one call with every prompt would use.

@@ -95,6 +95,19 @@ class PipelineDefaults(Config):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
 
+    def prior_settings(
+        self, prior: str | None = None, steps: int | None = None, guidance: float | None = None
+    ) -> dict[str, Any]:
+        """The prior part of a generate job, ``None`` taking these defaults:
+        ``{"prior", "prior_steps" (None for the AR prior), "prior_guidance"}``."""
+        prior = prior or self.prior
+        default_guidance = self.ar_guidance_scale if prior == "ar" else self.prior_guidance_scale
+        return {
+            "prior": prior,
+            "prior_steps": None if prior == "ar" else (steps or self.prior_steps),
+            "prior_guidance": default_guidance if guidance is None else guidance,
+        }
+
 
 # ---------------------------------------------------------------------------- bundles
 

@@ -81,17 +81,14 @@ def generation_job(svc: Service, req: GenerationRequest) -> Job:
         svc.check_tokens(negative, "negative_prompt")
     n = check_n(svc, req.n)
     size = svc.resolve_size(req.size)
-    d = svc.pipe.defaults
-    prior = req.prior or d.prior
-    if (prior == "ar" and svc.pipe.prior_ar is None) or (prior == "diffusion" and svc.pipe.prior is None):
-        raise bad_request(f"this model has no {prior} prior", param="prior")
-    guidance = d.ar_guidance_scale if prior == "ar" else d.prior_guidance_scale
+    prior = svc.pipe.defaults.prior_settings(req.prior, req.prior_steps, req.prior_guidance_scale)
+    name = prior["prior"]
+    if (name == "ar" and svc.pipe.prior_ar is None) or (name == "diffusion" and svc.pipe.prior is None):
+        raise bad_request(f"this model has no {name} prior", param="prior")
     common = {
         "num_images": n,
         "negative": negative,
-        "prior": prior,
-        "prior_steps": None if prior == "ar" else (req.prior_steps or d.prior_steps),
-        "prior_guidance": guidance if req.prior_guidance_scale is None else req.prior_guidance_scale,
+        **prior,
         **svc.decoder_spec(size, req.decoder_steps, req.decoder_guidance_scale, req.upsampler_steps),
     }
     key = chunk_json({k: v for k, v in common.items() if k != "num_images"})

@@ -78,18 +78,19 @@ class AttributeProbe(nn.Module):
                     out[i, c, a] = values.index(o[name]) + 1
         return out
 
+    def logits(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features (B, D) -> {attribute: (B, 9, values + 1) logits}, class 0 = empty cell."""
+        flat = self.head(features.float()).view(features.shape[0], len(self.cells), -1)
+        sizes = [len(v) + 1 for v in self.values.values()]
+        return dict(zip(self.values, flat.split(sizes, dim=-1)))
+
     def loss(self, features: torch.Tensor, specs: Sequence[dict[str, Any]]) -> torch.Tensor:
         """Cross-entropy averaged over cells, weighted-averaged over attributes; features (B, D)."""
-        logits = self.head(features.float()).view(features.shape[0], len(self.cells), -1)
         target = self.targets(specs).to(features.device)
-        total, start = features.new_zeros((), dtype=torch.float32), 0
-        for a, (name, values) in enumerate(self.values.items()):
-            n = len(values) + 1
-            chunk = logits[..., start : start + n]
-            total = total + self.weights[name] * F.cross_entropy(
-                chunk.reshape(-1, n), target[..., a].reshape(-1)
-            )
-            start += n
+        total = features.new_zeros((), dtype=torch.float32)
+        for a, (name, chunk) in enumerate(self.logits(features).items()):
+            ce = F.cross_entropy(chunk.reshape(-1, chunk.shape[-1]), target[..., a].reshape(-1))
+            total = total + self.weights[name] * ce
         return total / sum(self.weights.values())
 
 

@@ -69,7 +69,7 @@ class TrainResult:
 
     Attributes:
         step: optimizer steps done in total (including before a resume).
-        interrupted: stopped early by a signal or :meth:`Trainer.request_stop`.
+        interrupted: stopped before ``config.steps`` (a signal, :meth:`Trainer.request_stop` or ``stop_at``).
         train_seconds: wall time spent in training steps, summed over resumed sessions.
         cpu_seconds: CPU time (all threads of this process) spent in training steps, summed over
             resumed sessions; on a shared machine the fair measure of training cost.
@@ -336,7 +336,6 @@ class Trainer:
         n_acc = 0
         last: dict[str, float] = {}
         bar = progress(total=cfg.steps, initial=self.step, desc="train", unit="step")
-        interrupted = False
         with self._signals(), bar:
             while self.step < end:
                 t0, c0 = time.perf_counter(), time.process_time()
@@ -380,11 +379,10 @@ class Trainer:
                             }
                         )
                 if self._stop:
-                    interrupted = self.step < cfg.steps
                     break
                 if self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.save()
-            interrupted = interrupted or self.step < cfg.steps
+            interrupted = self.step < cfg.steps  # a signal, request_stop() or stop_at
             self.save()
         ips = cfg.batch_size * (self.step - start_step) / max(session_seconds, 1e-9)
         return TrainResult(self.step, interrupted, self.train_seconds, self.cpu_seconds, ips, last)
