@@ -175,3 +175,42 @@ def test_map_batches_resume_and_epochs():
     assert [next(c)["caption"] for _ in range(3)] == seq[3:]
     batch = next(open_data("synthetic:8", 16, 4))
     assert batch["image"].shape == (4, 3, 16, 16) and len(batch["caption"]) == 4
+
+
+def test_init_from_starts_from_exported_weights(tmp_path):
+    """--init-from: a fresh run starts from a component's weights (and a fresh EMA of them)."""
+    src = make_trainer(tmp_path / "src", CFG.replace(steps=40, save_every=100))
+    src.run()
+    src_rows = log_rows(tmp_path / "src")
+    export = tmp_path / "src" / "clip"
+    t = make_trainer(tmp_path / "ft", CFG.replace(steps=1))
+    t.init_from = export
+    t.run()
+    first = float(log_rows(tmp_path / "ft")[0]["loss"])
+    assert first < float(src_rows[0]["loss"]) - 0.5  # the trained start, not the random init
+    t2 = make_trainer(tmp_path / "ft2")
+    t2.load_init_weights(export)
+    with src.ema.applied(src.model):
+        exported = {k: v.clone() for k, v in src.model.state_dict().items()}
+    assert_same(weights(t2), exported)
+    assert_same(t2.ema.shadow, {k: v.float() for k, v in exported.items() if k in t2.ema.shadow})
+
+
+def test_init_from_refuses_a_different_model(tmp_path, reference):
+    import json
+
+    from safetensors.torch import save_file
+
+    from unclip.checkpoint import FORMAT_VERSION, CheckpointError
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "component.json").write_text(
+        json.dumps({"kind": "clip", "config": {}, "format_version": FORMAT_VERSION})
+    )
+    save_file({"some.other.weight": torch.zeros(3)}, str(other / "model.safetensors"))
+    t = make_trainer(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="do not fit this model"):
+        t.load_init_weights(other)
+    with pytest.raises(CheckpointError, match="not a component directory"):
+        t.load_init_weights(tmp_path)

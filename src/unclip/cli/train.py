@@ -50,6 +50,11 @@ def add_common_args(parser: argparse.ArgumentParser, default_preset: str | None)
         metavar="STEP",
         help="save and stop at STEP, keeping the schedule of --steps (continue later with --resume)",
     )
+    parser.add_argument(
+        "--init-from",
+        metavar="DIR",
+        help="start from the weights of a trained component directory (e.g. RUN/decoder): fine-tuning",
+    )
 
 
 _FLAG_TO_FIELD = {
@@ -120,6 +125,7 @@ def _run_clip(args: argparse.Namespace) -> int:
         out,
         resume=args.resume,
         stop_at=args.stop_at,
+        init_from=args.init_from,
         num_workers=args.workers,
         device=args.device,
         counterfactual=not args.no_counterfactual,
@@ -183,6 +189,7 @@ def _run_prior(args: argparse.Namespace) -> int:
         out,
         resume=args.resume,
         stop_at=args.stop_at,
+        init_from=args.init_from,
         val_size=args.val_size,
         pca_variance=args.pca_variance,
         device=args.device,
@@ -223,6 +230,7 @@ def _unet_run_args(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "resume": args.resume,
         "stop_at": args.stop_at,
+        "init_from": args.init_from,
         "eval_samples": args.eval_samples,
         "sample_steps": args.sample_steps,
         "gradient_checkpointing": args.grad_checkpointing,

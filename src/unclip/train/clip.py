@@ -252,6 +252,7 @@ def train_clip(
     run_dir: str | Path,
     resume: bool = False,
     stop_at: int | None = None,
+    init_from: str | Path | None = None,
     num_workers: int = 0,
     sample_fn: Any = None,
     device: str | None = None,
@@ -268,6 +269,7 @@ def train_clip(
         data: a ``--data`` spec (see :func:`unclip.train.data.open_data`).
         run_dir: the run directory (see the module docstring).
         resume: continue the run in ``run_dir``; without it an existing run is an error.
+        init_from: a component directory whose weights start a fresh run (fine-tuning).
         stop_at: save and stop at this step (the schedule still spans all the steps).
         num_workers: data loading workers.
         sample_fn: periodic quick evaluation hook (default: :func:`default_eval_fn` for the data).
@@ -353,6 +355,7 @@ def train_clip(
         sample_fn=sample_fn,
         extra_state=record,
         device=device,
+        init_from=init_from,
     )
     return trainer.run(resume=resume, stop_at=stop_at)
 

@@ -442,6 +442,7 @@ def train_decoder(
     clip: str | None = None,
     resume: bool = False,
     stop_at: int | None = None,
+    init_from: str | Path | None = None,
     eval_samples: int = 32,
     guidance_scale: float = 3.0,
     sample_steps: int | str = 25,
@@ -460,6 +461,7 @@ def train_decoder(
         run_dir: the run directory.
         clip: a frozen CLIP directory (embeddings computed on the fly).
         resume: continue the run in ``run_dir``.
+        init_from: a component directory whose weights start a fresh run (fine-tuning).
         stop_at: save and stop at this step (the schedule still spans all the steps).
         eval_samples: held-out scenes decoded at each ``sample_every``.
         guidance_scale: decoder guidance for those samples.
@@ -507,6 +509,7 @@ def train_decoder(
         "train": train_config.to_dict(),
         "data": data or embeddings,
         "clip": clip,
+        "init_from": str(init_from) if init_from else None,
     }
     write_run_record(run_dir, record, resume)
     sample_fn = None
@@ -529,5 +532,6 @@ def train_decoder(
         sample_fn=sample_fn,
         extra_state={"stage": "decoder"},
         device=device,
+        init_from=init_from,
     )
     return trainer.run(resume=resume, stop_at=stop_at)

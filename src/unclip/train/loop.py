@@ -139,6 +139,8 @@ class Trainer:
         sample_fn: called every ``config.sample_every`` steps (EMA weights applied, eval mode).
         extra_state: JSON-like dict stored in the checkpoint (e.g. the stage's configs).
         device: defaults to the environment's (cuda if available, else cpu).
+        init_from: a component directory (e.g. an earlier run's export) whose weights start a
+            fresh run: fine-tuning. Ignored on resume (the checkpoint holds the weights).
     """
 
     def __init__(
@@ -153,8 +155,10 @@ class Trainer:
         sample_fn: SampleFn | None = None,
         extra_state: dict[str, Any] | None = None,
         device: str | torch.device | None = None,
+        init_from: str | Path | None = None,
     ) -> None:
         self.config = config
+        self.init_from = Path(init_from) if init_from is not None else None
         self.device = resolve_device(device)
         self.precision = default_precision(self.device) if config.precision == "auto" else config.precision
         self.model = model.to(self.device)
@@ -236,6 +240,28 @@ class Trainer:
         _CsvLog(self.run_dir / EVAL_FILE).truncate_after(self.step)
         logger.info("resumed from %s at step %d", self.state_path, self.step)
         return True
+
+    def load_init_weights(self, directory: Path) -> None:
+        """Start from the weights of a component directory (all keys and shapes must match)."""
+        from unclip.checkpoint import WEIGHTS_FILE, load_state_dict, read_component_header
+
+        header = read_component_header(directory)
+        state = load_state_dict(directory / header.get("weights", WEIGHTS_FILE))
+        target = self.model.state_dict()
+        missing = sorted(set(target) - set(state))
+        unexpected = sorted(set(state) - set(target))
+        wrong = sorted(k for k in set(target) & set(state) if target[k].shape != state[k].shape)
+        if missing or unexpected or wrong:
+            raise CheckpointError(
+                f"--init-from {directory}: weights do not fit this model (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}); use the same model config"
+            )
+        with torch.no_grad():
+            for k, v in target.items():
+                v.copy_(state[k].to(v.dtype))
+        if self.ema is not None:
+            self.ema = EMA(self.model, self.config.ema_decay)
+        logger.info("initialised from %s", directory)
 
     def request_stop(self) -> None:
         """Finish the current step, save and return from :meth:`run` (also what signals do)."""
@@ -328,6 +354,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if not (resume and self.try_resume()):
             seed_everything(cfg.seed)
+            if self.init_from is not None:
+                self.load_init_weights(self.init_from)
         log = _CsvLog(self.run_dir / LOG_FILE)
         eval_log = _CsvLog(self.run_dir / EVAL_FILE)
         self.model.train()

@@ -268,6 +268,7 @@ def train_prior(
     *,
     resume: bool = False,
     stop_at: int | None = None,
+    init_from: str | Path | None = None,
     val_size: int = 1000,
     pca_variance: float = 0.99,
     val_samples: int = 128,
@@ -283,6 +284,7 @@ def train_prior(
         data: an embedding-shard folder.
         run_dir: the run directory (see the module docstring).
         resume: continue the run in ``run_dir``; without it an existing run is an error.
+        init_from: a component directory whose weights start a fresh run (fine-tuning).
         stop_at: save and stop at this step (the schedule still spans all the steps).
         val_size: samples held out at the end of the data for validation.
         pca_variance: AR prior: variance fraction the kept PCA components must retain.
@@ -362,5 +364,6 @@ def train_prior(
         sample_fn=sample_fn,
         extra_state=record,
         device=device,
+        init_from=init_from,
     )
     return trainer.run(resume=resume, stop_at=stop_at)

@@ -178,6 +178,7 @@ def train_upsampler(
     *,
     resume: bool = False,
     stop_at: int | None = None,
+    init_from: str | Path | None = None,
     crops_per_image: int = 4,
     eval_samples: int = 16,
     sample_steps: int | str = 27,
@@ -193,6 +194,7 @@ def train_upsampler(
         data: a ``--data`` spec; images are brought to the target size.
         run_dir: the run directory.
         resume: continue the run in ``run_dir``.
+        init_from: a component directory whose weights start a fresh run (fine-tuning).
         stop_at: save and stop at this step (the schedule still spans all the steps).
         crops_per_image: crops per high-resolution image (must divide the micro-batch).
         eval_samples: held-out images upsampled at each ``sample_every``.
@@ -247,6 +249,7 @@ def train_upsampler(
         export_fn=export,
         sample_fn=sample_fn,
         device=device,
+        init_from=init_from,
     )
     return trainer.run(resume=resume, stop_at=stop_at)
 
