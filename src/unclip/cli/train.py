@@ -9,7 +9,9 @@ for every stage and map onto :class:`unclip.train.config.TrainConfig`.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,9 @@ _FLAG_TO_FIELD = {
 }
 
 
+_ACCELERATE_PRECISION = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
+
+
 def resolve_recipe(args: argparse.Namespace, kind: str) -> tuple[dict[str, Any], Any]:
     """(model config dict, TrainConfig) from --preset/--config plus the flag overrides."""
     from unclip.presets import get_preset, load_preset_file
@@ -88,6 +93,12 @@ def resolve_recipe(args: argparse.Namespace, kind: str) -> tuple[dict[str, Any],
     if recipe.get("kind", kind) != kind:
         raise UserError(f"preset is for {recipe.get('kind')!r}, not {kind!r}")
     train = dict(recipe.get("train", {}))
+    # `accelerate launch --mixed_precision X` (or `accelerate config`) sets this; --precision wins.
+    accel = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if accel:
+        if accel not in _ACCELERATE_PRECISION:
+            raise UserError(f"ACCELERATE_MIXED_PRECISION={accel!r}: unclip trains in no, bf16 or fp16")
+        train["precision"] = _ACCELERATE_PRECISION[accel]
     for flag, field in _FLAG_TO_FIELD.items():
         value = getattr(args, flag, None)
         if value is not None:
@@ -96,6 +107,10 @@ def resolve_recipe(args: argparse.Namespace, kind: str) -> tuple[dict[str, Any],
 
 
 def _report(result: Any, out: Path, what: str, stop_at: int | None = None) -> int:
+    from unclip.train.loop import is_main_process
+
+    if not is_main_process():  # one report per job, from rank 0
+        return 130 if result.interrupted and result.step != stop_at else 0
     mins = result.train_seconds / 60
     if result.interrupted and result.step == stop_at:
         print(
@@ -312,12 +327,30 @@ _STAGES: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+def _launched(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run a stage inside the process group a launcher (torchrun, accelerate launch) asked for."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        from unclip.train.distributed import init_distributed, shutdown_distributed
+
+        init_distributed()
+        try:
+            return func(args)
+        finally:
+            shutdown_distributed()
+
+    return run
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("train", help="train a stage: clip, prior, decoder, upsampler")
     inner = parser.add_subparsers(dest="stage", metavar="STAGE", parser_class=type(parser))
     parser.set_defaults(func=lambda args: parser.print_help())
     for add in _STAGES:
         add(inner)
+    for stage_parser in inner.choices.values():
+        stage_parser.set_defaults(func=_launched(stage_parser.get_default("func")))
 
 
 def add_stage(add: Callable[[argparse._SubParsersAction], None]) -> None:

@@ -14,7 +14,8 @@ class TrainConfig(Config):
 
     Attributes:
         steps: optimizer steps in total (a resumed run continues up to this number).
-        batch_size: samples per optimizer step (split into ``grad_accum`` micro-batches).
+        batch_size: samples per optimizer step over all processes (split into ``grad_accum``
+            micro-batches per process).
         grad_accum: micro-batches per step; ``batch_size`` must be divisible by it. Note that for a
             contrastive loss, negatives come from the micro-batch only.
         lr: peak learning rate.
@@ -66,4 +67,17 @@ class TrainConfig(Config):
 
     @property
     def micro_batch_size(self) -> int:
-        return self.batch_size // self.grad_accum
+        """Samples per forward in this process: ``batch_size / (grad_accum * world size)``.
+
+        ``batch_size`` is the global batch of one optimizer step, so a recipe means the same
+        update on one process or many (docs/scale-out.md).
+        """
+        from unclip.train.distributed import dist_info
+
+        world = dist_info().world_size
+        if self.batch_size % (self.grad_accum * world):
+            raise ValueError(
+                f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum} "
+                f"x {world} processes"
+            )
+        return self.batch_size // (self.grad_accum * world)

@@ -44,6 +44,25 @@ class BatchStream(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+def rank_share(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world size): the arguments, else torch.distributed's, else (0, 1).
+
+    Position-based streams (map-style data, the shapes world, embedding shards) split work by
+    micro-batch: the global stream is what one process would read; rank ``r`` of ``W`` takes
+    micro-batches ``r, r + W, ...`` and every rank advances the shared position by ``W`` batches.
+    The saved position is then the same on every rank.
+    """
+    if rank is None or world_size is None:
+        from unclip.train.distributed import dist_info
+
+        info = dist_info()
+        rank = info.rank if rank is None else rank
+        world_size = info.world_size if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside a world of {world_size}")
+    return rank, world_size
+
+
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack tensors, keep everything else as lists."""
     out: dict[str, Any] = {}
@@ -110,6 +129,7 @@ class MapBatches:
         seed: shuffling seed.
         shuffle: False keeps dataset order (evaluation, embedding).
         num_workers: DataLoader workers decoding items in parallel (0: in this process).
+        rank, world_size: this process's share (:func:`rank_share`); torch.distributed's by default.
     """
 
     def __init__(
@@ -119,11 +139,14 @@ class MapBatches:
         seed: int = 0,
         shuffle: bool = True,
         num_workers: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         if len(dataset) == 0:  # type: ignore[arg-type]
             raise UserError("the dataset is empty")
         self.dataset, self.batch_size, self.seed, self.shuffle = dataset, batch_size, seed, shuffle
         self.num_workers = num_workers
+        self.rank, self.world_size = rank_share(rank, world_size)
         self.epoch, self.index = 0, 0
         self._it: Iterator[dict[str, Any]] | None = None
 
@@ -134,14 +157,17 @@ class MapBatches:
         return np.random.default_rng((self.seed, epoch)).permutation(n)
 
     def _index_batches(self, epoch: int, index: int) -> Iterator[list[int]]:
-        order, batch = self._order(epoch), []
+        """This rank's batches: slice ``rank`` of consecutive global chunks of ``world`` batches."""
+        order, chunk = self._order(epoch), []
+        span = self.batch_size * self.world_size
+        lo = self.rank * self.batch_size
         while True:
             while index < len(order):
-                batch.append(int(order[index]))
+                chunk.append(int(order[index]))
                 index += 1
-                if len(batch) == self.batch_size:
-                    yield batch
-                    batch = []
+                if len(chunk) == span:
+                    yield chunk[lo : lo + self.batch_size]
+                    chunk = []
             epoch, index, order = epoch + 1, 0, self._order(epoch + 1)
 
     def _make_iter(self) -> Iterator[dict[str, Any]]:
@@ -162,7 +188,7 @@ class MapBatches:
         batch = next(self._it)
         # Advance the position by what was consumed (workers may have prefetched more).
         n = len(self.dataset)  # type: ignore[arg-type]
-        self.index += self.batch_size
+        self.index += self.batch_size * self.world_size
         while self.index >= n:
             self.index -= n
             self.epoch += 1
@@ -308,31 +334,29 @@ class ShapesBatches:
     """
 
     def __init__(
-        self, size: int, batch_size: int, seed: int = 0, split: str = "train", counterfactual: bool = False
+        self,
+        size: int,
+        batch_size: int,
+        seed: int = 0,
+        split: str = "train",
+        counterfactual: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
-        from unclip.data.shapes import ShapesStream
-
         if counterfactual and batch_size % 2:
             raise UserError(f"counterfactual shapes batches need an even batch size, got {batch_size}")
         self.size, self.batch_size, self.seed, self.split = size, batch_size, seed, split
         self.counterfactual = counterfactual
-        self._stream_cls = ShapesStream
+        self.rank, self.world_size = rank_share(rank, world_size)
         self.position = 0
-        self._it: Iterator[dict[str, Any]] | None = None
-
-    def _make_iter(self) -> Iterator[dict[str, Any]]:
-        stream = self._stream_cls(size=self.size, seed=self.seed, split=self.split, start=self.position)
-        return iter(stream)
 
     def __iter__(self) -> ShapesBatches:
         return self
 
     def __next__(self) -> dict[str, Any]:
-        if self._it is None:
-            self._it = self._make_iter()
         n = self.batch_size // 2 if self.counterfactual else self.batch_size
-        items = [next(self._it) for _ in range(n)]
-        self.position += n
+        items = shapes_items(self.size, self.seed, self.split, self.position + self.rank * n, n)
+        self.position += n * self.world_size
         if self.counterfactual:
             items += [counterfactual_item(it, self.seed, self.size) for it in items]
         return collate(items)
@@ -349,7 +373,20 @@ class ShapesBatches:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "shapes" or state.get("seed") != self.seed or state.get("size") != self.size:
             raise UserError(f"cannot resume the data stream: saved {state}, now {self.state_dict()}")
-        self.position, self._it = int(state["position"]), None
+        self.position = int(state["position"])
+
+
+def shapes_items(
+    size: int, seed: int, split: str, start: int, n: int, extra_sizes: Sequence[int] = ()
+) -> list[dict[str, Any]]:
+    """Samples ``start .. start + n - 1`` of the shapes-world stream (one process's micro-batch)."""
+    from unclip.data.shapes import ShapesStream
+
+    stream = ShapesStream(
+        size=size, seed=seed, split=split, start=start, rank=0, world_size=1, extra_sizes=extra_sizes
+    )  # type: ignore[arg-type]
+    it = iter(stream)
+    return [next(it) for _ in range(n)]
 
 
 def edit_scene(spec: Any, rng: np.random.Generator, tries: int = 4) -> Any | None:

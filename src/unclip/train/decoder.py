@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,27 +64,32 @@ class ShapesPairs:
     """
 
     def __init__(
-        self, size: int, extra_sizes: Sequence[int], batch_size: int, seed: int = 0, split: str = "train"
+        self,
+        size: int,
+        extra_sizes: Sequence[int],
+        batch_size: int,
+        seed: int = 0,
+        split: str = "train",
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
+        from unclip.train.data import rank_share
+
         self.size, self.extra_sizes = size, tuple(s for s in extra_sizes if s != size)
         self.batch_size, self.seed, self.split = batch_size, seed, split
+        self.rank, self.world_size = rank_share(rank, world_size)
         self.position = 0
-        self._it: Iterator[dict[str, Any]] | None = None
 
     def __iter__(self) -> ShapesPairs:
         return self
 
     def __next__(self) -> dict[str, Any]:
-        if self._it is None:
-            from unclip.data.shapes import ShapesStream
+        from unclip.train.data import shapes_items
 
-            stream = ShapesStream(
-                self.size, self.seed, self.split, extra_sizes=self.extra_sizes, start=self.position
-            )  # type: ignore[arg-type]
-            self._it = iter(stream)
-        batch = collate([next(self._it) for _ in range(self.batch_size)])
-        self.position += self.batch_size
-        return batch
+        start = self.position + self.rank * self.batch_size
+        items = shapes_items(self.size, self.seed, self.split, start, self.batch_size, self.extra_sizes)
+        self.position += self.batch_size * self.world_size
+        return collate(items)
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": "shapes_pairs", "position": self.position, "seed": self.seed, "size": self.size}
@@ -96,7 +101,7 @@ class ShapesPairs:
             or state.get("size") != self.size
         ):
             raise UserError(f"cannot resume the data stream: saved {state}, now {self.state_dict()}")
-        self.position, self._it = int(state["position"]), None
+        self.position = int(state["position"])
 
 
 class ClipBatches:

@@ -14,8 +14,12 @@ position, so a run stopped at a checkpoint and resumed computes the same weights
 the same machine and thread count, as one that never stopped (tested). A kill between
 checkpoints loses the steps since the last one.
 
-Distributed training can wrap this later: the device comes from the environment
-(``resolve_device``), nothing names cuda, and only rank 0 writes files.
+Several processes (torchrun, accelerate launch; :mod:`unclip.train.distributed`): the model and
+loss run inside PyTorch's DistributedDataParallel, ``batch_size`` is the global batch, rank ``r``
+reads micro-batches ``r, r + W, ...`` of the global stream, and the randomness of global
+micro-batch ``k`` is seeded from ``(seed, k)``, so the same micro-batches give the same update on
+any number of processes. Only rank 0 writes files; the checkpoint holds every rank's RNG and data
+state. The device comes from the environment (``resolve_device``); nothing names cuda.
 """
 
 from __future__ import annotations
@@ -40,6 +44,15 @@ from unclip.nn.precision import autocast, default_precision, resolve_device
 from unclip.progress import progress
 from unclip.train.config import TrainConfig
 from unclip.train.data import BatchStream
+from unclip.train.distributed import (
+    all_reduce_max,
+    all_reduce_mean,
+    barrier,
+    dist_info,
+    gather_objects,
+    micro_batch_seed,
+    wrap_ddp,
+)
 from unclip.train.ema import EMA
 from unclip.train.optim import WarmupCosine, make_optimizer
 from unclip.train.state import (
@@ -89,6 +102,18 @@ def is_main_process() -> bool:
     """Rank 0 (or not distributed): the only process that writes files."""
     dist = torch.distributed
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+class _LossModule(nn.Module):
+    """``loss_fn(model, batch)`` as a module, so DistributedDataParallel sees the whole forward."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.loss_fn(self.model, batch)
 
 
 class _CsvLog:
@@ -161,10 +186,14 @@ class Trainer:
         self.init_from = Path(init_from) if init_from is not None else None
         self.device = resolve_device(device)
         self.precision = default_precision(self.device) if config.precision == "auto" else config.precision
+        self.dist = dist_info()
         self.model = model.to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = loss_fn
+        self._forward = wrap_ddp(_LossModule(self.model, loss_fn), self.device)
+        # fp16 needs loss scaling; bf16 and fp32 do not.
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.data = data
         self.run_dir = Path(run_dir)
         self.export_fn = export_fn
@@ -178,6 +207,7 @@ class Trainer:
         self.cpu_seconds = 0.0
         self._stop = False
         self._bad_steps = 0
+        self._data_seconds = 0.0
 
     # --- state -------------------------------------------------------------------------------
     @property
@@ -185,7 +215,12 @@ class Trainer:
         return self.run_dir / STATE_FILE
 
     def state_dict(self) -> dict[str, Any]:
+        """The checkpoint. Every rank must call it (it gathers the per-rank RNG and data state)."""
+        ranks = gather_objects({"rng": capture_rng(), "data": self.data.state_dict()})
         return {
+            "world_size": self.dist.world_size,
+            "ranks": ranks,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "step": self.step,
             "train_seconds": self.train_seconds,
             "cpu_seconds": self.cpu_seconds,
@@ -207,15 +242,19 @@ class Trainer:
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.cpu_seconds = float(state.get("cpu_seconds", 0.0))
-        self.data.load_state_dict(state["data"])
-        restore_rng(state["rng"])
+        mine = state["ranks"][self.dist.rank] if state.get("ranks") else state
+        self.data.load_state_dict(mine["data"])
+        restore_rng(mine["rng"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
     def save(self) -> None:
-        """Write state.pt atomically, then export the usable model (rank 0 only)."""
-        if not is_main_process():
-            return
-        save_train_state(self.state_path, self.state_dict())
-        self.export()
+        """Write state.pt atomically, then export the usable model (rank 0 writes; all ranks call)."""
+        state = self.state_dict()
+        if is_main_process():
+            save_train_state(self.state_path, state)
+            self.export()
+        barrier()
 
     def export(self) -> None:
         if self.export_fn is None or not is_main_process():
@@ -225,10 +264,18 @@ class Trainer:
 
     def try_resume(self) -> bool:
         """Load ``run_dir/state.pt`` if present. Returns whether a checkpoint was loaded."""
-        cleanup_temp_files(self.run_dir) if self.run_dir.is_dir() else None
+        if is_main_process() and self.run_dir.is_dir():
+            cleanup_temp_files(self.run_dir)
+        barrier()
         if not self.state_path.is_file():
             return False
         state = load_train_state(self.state_path)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.dist.world_size:
+            raise CheckpointError(
+                f"{self.state_path} was written by {saved_world} process(es) and this job has "
+                f"{self.dist.world_size}: resume with the same number"
+            )
         try:
             self.load_state_dict(state)
         except (RuntimeError, KeyError, ValueError) as e:
@@ -308,14 +355,27 @@ class Trainer:
         lr = self.schedule.apply(self.optimizer, self.step)
         total = 0.0
         metrics: dict[str, float] = {}
-        for _ in range(cfg.grad_accum):
+        world, rank = self.dist.world_size, self.dist.rank
+        for a in range(cfg.grad_accum):
+            # Global micro-batch k: its data (the stream's share for this rank) and its randomness
+            # are the same whichever process and accumulation slot computes it.
+            k = (self.step * cfg.grad_accum + a) * world + rank
+            torch.manual_seed(micro_batch_seed(cfg.seed, k))
+            t0 = time.perf_counter()
             batch = next(self.data)
-            with autocast(self.device, self.precision):
-                loss, m = self.loss_fn(self.model, batch)
-            (loss.float() / cfg.grad_accum).backward()
+            self._data_seconds += time.perf_counter() - t0
+            last = a == cfg.grad_accum - 1
+            sync = self._forward.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
+            with sync:
+                with autocast(self.device, self.precision):
+                    loss, m = self._forward(batch)
+                scaled = loss.float() / cfg.grad_accum
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             total += loss.item() / cfg.grad_accum
-            for k, v in m.items():
-                metrics[k] = metrics.get(k, 0.0) + float(v) / cfg.grad_accum
+            for key, v in m.items():
+                metrics[key] = metrics.get(key, 0.0) + float(v) / cfg.grad_accum
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if cfg.grad_clip > 0:
             gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
@@ -323,7 +383,16 @@ class Trainer:
             gnorm = float(
                 torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
             )
-        if math.isfinite(total) and math.isfinite(gnorm):
+        # Every rank takes the same decision (skip a bad step; stop on a signal to any rank).
+        bad = all_reduce_max(not (math.isfinite(total) and math.isfinite(gnorm)), self.device)
+        self._stop = all_reduce_max(self._stop, self.device)
+        if self.scaler is not None:
+            # The scaler skips steps with inf/NaN gradients and lowers its scale: that is not an error.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.ema is not None:
+                self.ema.update(self.model)
+        elif not bad:
             self.optimizer.step()
             self._bad_steps = 0
             if self.ema is not None:
@@ -363,7 +432,9 @@ class Trainer:
         acc: dict[str, float] = {}
         n_acc = 0
         last: dict[str, float] = {}
-        bar = progress(total=cfg.steps, initial=self.step, desc="train", unit="step")
+        quiet_rank = {} if is_main_process() else {"disable": True}
+        bar = progress(total=cfg.steps, initial=self.step, desc="train", unit="step", **quiet_rank)
+        data0 = self._data_seconds
         with self._signals(), bar:
             while self.step < end:
                 t0, c0 = time.perf_counter(), time.process_time()
@@ -379,6 +450,9 @@ class Trainer:
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     last = {k: v / n_acc for k, v in acc.items()}
+                    last["loss"] = all_reduce_mean([last["loss"]], self.device)[0]
+                    # Share of the step time spent waiting for data (this rank's loader).
+                    last["data_wait"] = (self._data_seconds - data0) / max(session_seconds, 1e-9)
                     ips = cfg.batch_size * (self.step - start_step) / max(session_seconds, 1e-9)
                     row = {
                         "step": self.step,
@@ -391,7 +465,8 @@ class Trainer:
                         log.write(row)
                     bar.set_postfix(loss=f"{last['loss']:.4f}", ips=f"{ips:.0f}")
                     acc, n_acc = {}, 0
-                if cfg.sample_every and self.step % cfg.sample_every == 0 and self.sample_fn is not None:
+                sample_due = cfg.sample_every and self.step % cfg.sample_every == 0
+                if sample_due and self.sample_fn is not None and is_main_process():
                     # Sampling must not move the training RNG streams, or a resumed run would differ.
                     rng = capture_rng()
                     with self._eval_weights() as m, torch.no_grad():

@@ -55,10 +55,21 @@ class EmbeddingBatches:
         seed: shuffling seed.
     """
 
-    def __init__(self, shards: Any, indices: np.ndarray, batch_size: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        shards: Any,
+        indices: np.ndarray,
+        batch_size: int,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        from unclip.train.data import rank_share
+
         if len(indices) < batch_size:
             raise UserError(f"only {len(indices)} training samples, fewer than one batch of {batch_size}")
         self.shards, self.indices, self.batch_size, self.seed = shards, indices, batch_size, seed
+        self.rank, self.world_size = rank_share(rank, world_size)
         self.epoch, self.index = 0, 0
 
     def _order(self, epoch: int) -> np.ndarray:
@@ -68,8 +79,9 @@ class EmbeddingBatches:
         return self
 
     def __next__(self) -> dict[str, Any]:
+        # The global chunk of world_size batches; this rank keeps its slice of it.
         picked: list[np.ndarray] = []
-        need = self.batch_size
+        need = self.batch_size * self.world_size
         while need:
             order = self._order(self.epoch)
             take = order[self.index : self.index + need]
@@ -78,8 +90,9 @@ class EmbeddingBatches:
             self.index += len(take)
             if self.index >= len(order):
                 self.epoch, self.index = self.epoch + 1, 0
+        mine = np.concatenate(picked)[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         # Reading rows in file order is faster on memory-mapped shards; the batch order is irrelevant.
-        return self.shards.get_batch(np.sort(np.concatenate(picked)))
+        return self.shards.get_batch(np.sort(mine))
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": "embeddings", "epoch": self.epoch, "index": self.index, "n": len(self.indices)}
