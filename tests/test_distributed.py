@@ -248,7 +248,17 @@ def test_accelerate_mixed_precision_environment(monkeypatch):
 def test_fp16_with_loss_scaling_on_gpu(tmp_path):
     clip = tmp_path / "clip"
     tiny_clip().save(clip)
-    args = ["-q", "train", "decoder", "--data", "shapes", "--clip", str(clip), "--preset", "decoder-tiny-test"]
+    args = [
+        "-q",
+        "train",
+        "decoder",
+        "--data",
+        "shapes",
+        "--clip",
+        str(clip),
+        "--preset",
+        "decoder-tiny-test",
+    ]
     args += ["--steps", "4", "--precision", "fp16", "--sample-every", "0", "--out", str(tmp_path / "run")]
     assert main(args) == 0
     st = state(tmp_path / "run")
