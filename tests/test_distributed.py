@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -169,6 +171,41 @@ def test_two_process_stop_and_resume_continues_exactly(emb_dir, tmp_path, prior_
     assert_close_states(state(out), prior_reference)
     # A 2-process checkpoint is not resumed by 1 process (the data split would change).
     assert main(["-q", *base, "--resume"]) == 2
+
+
+def test_two_process_hard_kill_resumes_from_last_checkpoint(emb_dir, tmp_path):
+    """SIGKILL one worker mid-run (torchrun then stops the other); the resume ends where a run
+    that never stopped ends. Whenever the kill lands, the outcome must be the same."""
+    args = [*PRIOR, "--data", str(emb_dir), "--batch-size", "16", "--steps", "150", "--save-every", "5"]
+    args += ["--sample-every", "0"]
+    assert main(["-q", *args, "--grad-accum", "2", "--out", str(tmp_path / "ref")]) == 0
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.Popen(
+        [*cmd, "-m", "unclip", "-q", *args, "--out", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    killed = False
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (out / "state.pt").is_file():
+            workers = subprocess.run(
+                ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+            ).stdout.split()
+            if workers:
+                os.kill(int(workers[-1]), signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.01)
+    proc.wait(timeout=120)
+    if killed:
+        assert proc.returncode != 0 and state(out)["step"] < 150
+    launch([*args, "--out", str(out), "--resume"])
+    assert_close_states(state(out), state(tmp_path / "ref"))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, reason="accelerate not installed")
