@@ -236,12 +236,7 @@ def evaluate_priors(
     Returns:
         A JSON-able dict: ``main[split][method]`` metrics, ``sweeps``, ``speed`` and settings.
     """
-    for name, p in priors.items():
-        if p.embed_dim != clip.embed_dim or p.config.text_width != clip.token_width:
-            raise UserError(
-                f"prior {name} expects D={p.embed_dim}, W={p.config.text_width} but the CLIP gives "
-                f"D={clip.embed_dim}, W={clip.token_width}: evaluate with the CLIP it was trained on"
-            )
+    _check_dims(priors, clip)
     sample_kwargs = sample_kwargs or {}
     t_start = time.perf_counter()
     sets = [
@@ -280,6 +275,79 @@ def evaluate_priors(
         )
     results["seconds"] = time.perf_counter() - t_start
     return results
+
+
+EMOJI_SPLITS = ("val", "heldout_concept", "heldout_style")
+
+
+def make_emoji_eval_set(clip: Any, data: str | Path, split: str, n: int | None) -> EvalSet | None:
+    """The images of one split of an emoji build with their first captions, embedded by CLIP."""
+    from unclip.data.emoji import load_emoji_split, read_manifest
+
+    if split not in read_manifest(data).get("shards", {}):
+        return None
+    samples = load_emoji_split(data, split, limit=n)
+    if not samples:
+        return None
+    images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    captions = [s.captions[0] for s in samples]
+    return EvalSet(
+        split, captions, [None] * len(captions), _encode_text(clip, captions), _encode_images(clip, images)
+    )
+
+
+def evaluate_priors_emoji(
+    priors: dict[str, Any],
+    clip: Any,
+    data: str | Path,
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    train_image_emb: torch.Tensor | None = None,
+    sample_kwargs: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The prior suite on an emoji build: cosine, centred cosine and retrieval per split.
+
+    Splits: ``val`` (seen concepts, unseen images), ``heldout_concept`` and ``heldout_style`` when
+    the build has them. There is no oracle on emoji; retrieval is among all images of the split.
+    The centre for the centred cosine is the mean training image embedding when given.
+    """
+    _check_dims(priors, clip)
+    sample_kwargs = sample_kwargs or {}
+    t_start = time.perf_counter()
+    results: dict[str, Any] = {"suite": "prior-emoji", "n": n, "seed": seed, "main": {}}
+    speed: dict[str, dict[str, float]] = {}
+    for split in EMOJI_SPLITS:
+        es = make_emoji_eval_set(clip, data, split, n)
+        if es is None:
+            continue
+        center = train_image_emb.mean(0) if train_image_emb is not None else es.image_emb.float().mean(0)
+        methods: dict[str, torch.Tensor] = {"no prior (text_emb)": es.text.text_emb}
+        if train_image_emb is not None:
+            methods["nearest train image"] = _nearest_train(es.text.text_emb, train_image_emb)
+        for name, prior in priors.items():
+            emb, secs = _chunked_sample(prior, es.text, seed, **sample_kwargs.get(name, {}))
+            methods[name] = emb
+            speed.setdefault(name, {"embeddings": 0, "seconds": 0.0})
+            speed[name]["embeddings"] += len(emb)
+            speed[name]["seconds"] += secs
+        results["main"][f"{split} ({len(es.captions)})"] = {
+            m: retrieval_metrics(pred, es, center) for m, pred in methods.items()
+        }
+    if not results["main"]:
+        raise UserError(f"{data} has none of the splits {', '.join(EMOJI_SPLITS)}")
+    results["speed"] = {k: v | {"per_s": v["embeddings"] / max(v["seconds"], 1e-9)} for k, v in speed.items()}
+    results["seconds"] = time.perf_counter() - t_start
+    return results
+
+
+def _check_dims(priors: dict[str, Any], clip: Any) -> None:
+    for name, p in priors.items():
+        if p.embed_dim != clip.embed_dim or p.config.text_width != clip.token_width:
+            raise UserError(
+                f"prior {name} expects D={p.embed_dim}, W={p.config.text_width} but the CLIP gives "
+                f"D={clip.embed_dim}, W={clip.token_width}: evaluate with the CLIP it was trained on"
+            )
 
 
 def _subset(es: EvalSet, k: int) -> EvalSet:
@@ -347,15 +415,20 @@ MAIN_COLS: tuple[tuple[str, str, bool], ...] = (
 
 def markdown_report(results: dict[str, Any]) -> str:
     """Markdown tables for :func:`evaluate_priors` results."""
-    lines = [
-        f"# Prior evaluation: shapes ({results['n']} captions per split, pool {results['pool_size']})",
-        "",
-    ]
+    if results.get("suite") == "prior-emoji":
+        cols = MAIN_COLS[:5]
+        lines = [f"# Prior evaluation: emoji (images per split in brackets; {results.get('data', '')})", ""]
+    else:
+        cols = MAIN_COLS
+        lines = [
+            f"# Prior evaluation: shapes ({results['n']} captions per split, pool {results['pool_size']})",
+            "",
+        ]
     for split, table in results["main"].items():
-        lines += [f"## {split}", "", "| method | " + " | ".join(c[1] for c in MAIN_COLS) + " |"]
-        lines.append("|---|" + "---|" * len(MAIN_COLS))
+        lines += [f"## {split}", "", "| method | " + " | ".join(c[1] for c in cols) + " |"]
+        lines.append("|---|" + "---|" * len(cols))
         for m, row in table.items():
-            lines.append(f"| {m} | " + " | ".join(_f(row.get(k), p) for k, _, p in MAIN_COLS) + " |")
+            lines.append(f"| {m} | " + " | ".join(_f(row.get(k), p) for k, _, p in cols) + " |")
         lines.append("")
     if results.get("speed"):
         lines += ["## Sampling speed (defaults, bf16)", "", "| prior | embeddings/s |", "|---|---|"]
@@ -407,8 +480,13 @@ def run_from_args(args: Any, echo: Callable[[str], None] = print) -> int:
 
     if not args.clip:
         raise UserError("--prior needs --clip DIR (the CLIP the prior was trained on)")
-    if args.suite != "shapes":
-        raise UserError(f"the prior suite supports --suite shapes only, got {args.suite!r}")
+    if args.suite not in ("shapes", "emoji"):
+        raise UserError(f"the prior suite supports --suite shapes or emoji, got {args.suite!r}")
+    emoji_build = None
+    if args.suite == "emoji":
+        if not args.data or not Path(args.data).is_dir():
+            raise UserError("--suite emoji with --prior needs --data EMOJI_BUILD (unclip data emoji)")
+        emoji_build, args.data = args.data, None  # training embeddings then come from the prior
     clip = load_encoder(args.clip)
     priors: dict[str, Any] = {}
     train_data = args.data
@@ -427,10 +505,16 @@ def run_from_args(args: Any, echo: Callable[[str], None] = print) -> int:
         train_emb = load_train_image_emb(train_data, limit)
     else:
         logger.warning("no training embeddings found (--data): skipping the nearest-train-image baseline")
-    n = args.n or 500
-    results = evaluate_priors(
-        priors, clip, n=n, seed=args.seed, train_image_emb=train_emb, sweep_n=min(200, n)
-    )
+    if emoji_build is not None:
+        results = evaluate_priors_emoji(
+            priors, clip, emoji_build, n=args.n, seed=args.seed, train_image_emb=train_emb
+        )
+        results["data"] = str(emoji_build)
+    else:
+        n = args.n or 500
+        results = evaluate_priors(
+            priors, clip, n=n, seed=args.seed, train_image_emb=train_emb, sweep_n=min(200, n)
+        )
     results["priors"] = [str(p) for p in args.prior]
     results["clip"] = str(args.clip)
     echo(markdown_report(results))
