@@ -53,9 +53,19 @@ def _model_shapes(model: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _model_emoji(model: Path, args: argparse.Namespace) -> dict[str, Any]:
-    raise UserError(
-        "the whole-model emoji suite (--model M --suite emoji) is not implemented yet; see docs/evaluation.md"
+    """The whole-model emoji suite, judged by an independent CLIP (unclip.eval.emoji_suite)."""
+    from unclip.eval.emoji_suite import evaluate_emoji_model, write_emoji_report
+
+    if not args.out:
+        raise UserError("the whole-model suite writes a report folder: give --out DIR")
+    if not args.data:
+        raise UserError("the emoji suite needs --data DIR (an emoji build from `unclip data emoji`)")
+    if not args.eval_clip:
+        raise UserError("the emoji suite needs --eval-clip DIR: a CLIP trained separately from the model's")
+    results, artefacts = evaluate_emoji_model(
+        str(model), args.data, args.eval_clip, quick=args.quick, seed=args.seed, n=args.n
     )
+    return write_emoji_report(results, artefacts, args.out)
 
 
 # Whole-model suites: (suite name) -> function(model_dir, args) -> results dict. They write their
@@ -88,7 +98,10 @@ def _run(args: argparse.Namespace) -> int:
             known = ", ".join(_MODEL_SUITES) or "none yet"
             raise UserError(f"no whole-model suite {args.suite!r} (available: {known})")
         results = _MODEL_SUITES[args.suite](Path(args.model), args)
-        from unclip.eval.report import markdown_report as model_markdown
+        if results.get("suite") == "emoji":
+            from unclip.eval.emoji_suite import markdown_report as model_markdown
+        else:
+            from unclip.eval.report import markdown_report as model_markdown
 
         print(model_markdown(results))
         print(f"wrote {', '.join(results['files'])} to {args.out}")
@@ -108,6 +121,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prior", action="append", help="a prior directory (repeat to compare; needs --clip)")
     p.add_argument("--suite", required=True, help="shapes or emoji")
     p.add_argument("--data", help="dataset the suite needs (the emoji build directory)")
+    p.add_argument(
+        "--eval-clip", help="emoji model suite: the judging CLIP, trained separately from the model's CLIP"
+    )
     p.add_argument("--out", help="folder for results.json and results.md")
     p.add_argument("--n", type=int, help="samples per measurement (default: suite's own)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated evaluation scenes")
