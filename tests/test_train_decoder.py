@@ -131,3 +131,16 @@ def test_bad_inputs_exit_2(clip_dir, tmp_path, capsys):
     run += ["--data", "synthetic:16", "--steps", "1", "--sample-every", "0"]
     assert main(run) == 0
     assert main(run) == 2
+
+
+def test_clip_sees_full_resolution_images_of_folder_data():
+    """Non-shapes data: the decoder learns a downsized copy, CLIP embeds the image at its own size."""
+    from unclip.train.decoder import image_stream
+
+    stream, key = image_stream("synthetic:8", 16, 32, 4, 0, 0)
+    batch = next(stream)
+    assert key == "image_32" and batch["image"].shape == (4, 3, 16, 16) and batch[key].shape == (4, 3, 32, 32)
+    down = torch.nn.functional.interpolate(batch[key], size=16, mode="area")
+    assert torch.allclose(batch["image"], down)
+    same, key = image_stream("synthetic:8", 16, 16, 4, 0, 0)
+    assert key == "image" and next(same)["image"].shape == (4, 3, 16, 16)

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -194,7 +195,36 @@ def image_stream(
         extra = [clip_size] if clip_size and clip_size != size else []
         key = f"image_{clip_size}" if extra else "image"
         return ShapesPairs(size, extra, batch_size, seed=seed), key
+    if clip_size and clip_size > size:
+        # CLIP sees the images at its own resolution (as it will at sampling time, where the prior
+        # predicts embeddings of full-resolution images); the decoder learns the downsized copy.
+        full = open_data(data, clip_size, batch_size, seed=seed, num_workers=num_workers)
+        return Downsized(full, size, f"image_{clip_size}"), f"image_{clip_size}"
     return open_data(data, size, batch_size, seed=seed, num_workers=num_workers), "image"
+
+
+class Downsized:
+    """A stream whose ``image`` is resized (area) to ``size``; the original stays under ``key``."""
+
+    def __init__(self, inner: BatchStream, size: int, key: str) -> None:
+        self.inner, self.size, self.key = inner, size, key
+        self.batch_size = inner.batch_size
+
+    def __iter__(self) -> Downsized:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        batch = next(self.inner)
+        full = batch["image"]
+        batch[self.key] = full
+        batch["image"] = F.interpolate(full.float(), size=(self.size, self.size), mode="area")
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
 
 
 def open_decoder_data(
