@@ -295,3 +295,19 @@ def test_mix_bad_weights(pipe, weights, message):
     a = picture(0)
     with pytest.raises(UserError, match=message):
         pipe.mix([a, a], weights)
+
+
+def test_is_prompt_does_not_depend_on_stray_files(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from unclip.errors import UserError
+    from unclip.manipulate import is_prompt
+
+    monkeypatch.chdir(tmp_path)
+    Path("cat").write_text("not an image")
+    Path("x.png").write_bytes(b"")
+    assert is_prompt("cat")  # a prompt, although a file of that name exists
+    assert not is_prompt("x.png") and not is_prompt(Path("cat"))
+    assert is_prompt("a drawing of x.png")  # spaces: a prompt
+    with pytest.raises(UserError, match="image file not found"):
+        is_prompt("missing.jpg")

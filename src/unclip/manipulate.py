@@ -130,15 +130,21 @@ def load_image(image: ImageLike) -> Image.Image | Tensor:
 
 
 def is_prompt(item: object) -> bool:
-    """A str that is not an existing file is a prompt; Paths, PIL images and tensors are images.
+    """A str is a prompt unless it looks like an image path; Paths, PIL images and tensors are images.
+
+    A str "looks like an image path" when it has an image suffix (``.png``, ``.jpg``, ...) and no
+    spaces. So a prompt such as "cat" stays a prompt even if a file called ``cat`` happens to
+    exist in the working directory; pass ``Path("cat")`` to mean that file.
 
     Raises:
-        UserError: a str that names a missing file with an image suffix (a mistyped path, which
+        UserError: a str that looks like an image path but names no file (a mistyped path, which
             would otherwise silently become a prompt).
     """
-    if not isinstance(item, str) or Path(item).is_file():
+    if not isinstance(item, str):
         return False
     if Path(item).suffix.lower() in IMAGE_SUFFIXES and " " not in item.strip():
+        if Path(item).is_file():
+            return False
         raise UserError(f"image file not found: {item}")
     return True
 

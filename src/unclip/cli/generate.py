@@ -232,7 +232,7 @@ def write_grid(paths: list[Path], out: Path) -> Path:
     """A contact sheet of ``paths`` (4 per row), ``out/grid-<first image>.png``; never overwrites."""
     from PIL import Image
 
-    from unclip.data.shapes.grid import make_grid
+    from unclip.data.images import make_grid
 
     images = [Image.open(p).convert("RGB") for p in paths]
     path = out / f"grid-{paths[0].name}"

@@ -346,3 +346,16 @@ def to_pil(x: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> I
     if arr.shape[2] == 1:
         return Image.fromarray(np.ascontiguousarray(arr[:, :, 0]))
     return Image.fromarray(np.ascontiguousarray(arr))
+
+
+def make_grid(images: Sequence[Image.Image], cols: int, pad: int = 2, fill: int = 255) -> Image.Image:
+    """Paste equally sized images into a grid, ``cols`` per row, ``pad`` pixels apart."""
+    if not images:
+        raise ValueError("make_grid needs at least one image")
+    w, h = images[0].size
+    rows = (len(images) + cols - 1) // cols
+    grid = Image.new("RGB", (cols * w + (cols + 1) * pad, rows * h + (rows + 1) * pad), (fill,) * 3)
+    for k, im in enumerate(images):
+        r, c = divmod(k, cols)
+        grid.paste(im.convert("RGB"), (pad + c * (w + pad), pad + r * (h + pad)))
+    return grid

@@ -11,22 +11,10 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from unclip.data.images import make_grid
 from unclip.data.shapes.captions import caption
 from unclip.data.shapes.render import render
 from unclip.data.shapes.scene import sample_scene
-
-
-def make_grid(images: Sequence[Image.Image], cols: int, pad: int = 2, fill: int = 255) -> Image.Image:
-    """Paste equally sized images into a grid, ``cols`` per row, ``pad`` pixels apart."""
-    if not images:
-        raise ValueError("make_grid needs at least one image")
-    w, h = images[0].size
-    rows = (len(images) + cols - 1) // cols
-    grid = Image.new("RGB", (cols * w + (cols + 1) * pad, rows * h + (rows + 1) * pad), (fill,) * 3)
-    for k, im in enumerate(images):
-        r, c = divmod(k, cols)
-        grid.paste(im.convert("RGB"), (pad + c * (w + pad), pad + r * (h + pad)))
-    return grid
 
 
 def captioned_grid(
