@@ -101,7 +101,7 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
         (
             "decoder", 1, ("clip",),
             ["train", "decoder", "--data", "{out}/data", "--clip", "{out}/clip/clip", "--preset", "decoder-shapes",
-             "--steps", "4500", "--sample-every", "500", "--out", "{out}/decoder"],
+             "--steps", "3800", "--sample-every", "500", "--out", "{out}/decoder"],
         ),
         (
             "prior", 2, ("embed",),
