@@ -161,6 +161,19 @@ def test_decoder_two_processes_equal_one(tmp_path):
     assert_close_states(state(tmp_path / "ddp"), state(tmp_path / "one"))
 
 
+CLIP_ARGS = ["train", "clip", "--data", "shapes", "--preset", "clip-tiny-test", "--batch-size", "16"]
+UP_ARGS = ["train", "upsampler", "--data", "synthetic:16", "--preset", "upsampler-tiny-test"]
+UP_ARGS += ["--batch-size", "16", "--eval-samples", "2", "--sample-steps", "2"]
+
+
+@pytest.mark.parametrize("args", [CLIP_ARGS, UP_ARGS], ids=["clip", "upsampler"])
+def test_clip_and_upsampler_two_processes_equal_one(tmp_path, args):
+    args = [*args, "--steps", "3", "--precision", "fp32", "--ema-decay", "0.9"]
+    launch([*args, "--out", str(tmp_path / "ddp")])
+    assert main(["-q", *args, "--grad-accum", "2", "--out", str(tmp_path / "one")]) == 0
+    assert_close_states(state(tmp_path / "ddp"), state(tmp_path / "one"))
+
+
 def test_two_process_stop_and_resume_continues_exactly(emb_dir, tmp_path, prior_reference):
     """Stopped at step 3 (as a kill after the step-3 checkpoint leaves it), then resumed on 2 ranks."""
     out = tmp_path / "ddp"
