@@ -64,6 +64,14 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
             ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip/clip", "--preset", "decoder-shapes",
              "--steps", "3000", "--out", "{out}/decoder"],
         ),
+        # The decoder's second phase (docs/bundles.md): a fresh schedule from the first phase's
+        # weights; position, colour and shape were still improving at step 3000.
+        (
+            "decoder_ft", 1, ("decoder",),
+            ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip/clip", "--preset", "decoder-shapes",
+             "--steps", "5200", "--lr", "5e-4", "--warmup", "100", "--sample-every", "500",
+             "--init-from", "{out}/decoder/decoder", "--out", "{out}/decoder_ft"],
+        ),
         (
             "prior", 2, ("embed",),
             ["train", "prior", "--kind", "diffusion", "--data", "{out}/embed",
@@ -273,9 +281,10 @@ class Runner:
 def assemble(out: Path, bundle: str) -> Path:
     """The bf16 model directory ``OUT/model`` from the finished stages."""
     model = out / "model"
+    decoder = out / ("decoder_ft" if any(s[0] == "decoder_ft" for s in RECIPES[bundle]) else "decoder")
     cmd = [
         sys.executable, str(Path(__file__).with_name("assemble_model.py")), "--out", str(model),
-        "--clip", str(out / "clip"), "--decoder", str(out / "decoder"), "--prior", str(out / "prior"),
+        "--clip", str(out / "clip"), "--decoder", str(decoder), "--prior", str(out / "prior"),
         "--prior-ar", str(out / "prior_ar"), "--upsampler", str(out / "upsampler"), "--dtype", "bf16",
         "--defaults", json.dumps(DEFAULTS[bundle]),
     ]  # fmt: skip

@@ -20,7 +20,7 @@ def dry_run(out: Path) -> list[str]:
 def test_dry_run_lists_every_stage_in_dependency_order(tmp_path):
     lines = dry_run(tmp_path)
     names = [line.split(" ", 1)[0] for line in lines]
-    assert names == ["clip", "clip_b", "upsampler", "embed", "decoder", "prior", "prior_ar"]
+    assert names == ["clip", "clip_b", "upsampler", "embed", "decoder", "decoder_ft", "prior", "prior_ar"]
     assert all("--resume" not in line for line in lines)
     decoder = next(line for line in lines if line.startswith("decoder"))
     assert f"--clip {tmp_path}/clip/clip" in decoder and "--preset decoder-shapes" in decoder
@@ -32,7 +32,7 @@ def test_finished_stages_are_skipped_and_interrupted_ones_resumed(tmp_path):
         (tmp_path / run).mkdir()
         (tmp_path / run / "state.pt").touch()
     lines = dry_run(tmp_path)
-    names = ["clip_b", "upsampler", "embed", "decoder", "prior", "prior_ar"]
+    names = ["clip_b", "upsampler", "embed", "decoder", "decoder_ft", "prior", "prior_ar"]
     assert [line.split(" ", 1)[0] for line in lines] == names
     # clip_b continues the clip stage's run directory; decoder continues its own
     assert [line.split(" ", 1)[0] for line in lines if line.endswith("--resume")] == ["clip_b", "decoder"]
