@@ -10,7 +10,7 @@ from unclip.cli.generate import at_size
 from unclip.pipeline import UnCLIPPipeline
 from unclip.pipeline.model_dir import BUNDLE_DIR, list_bundles
 
-SHIPPED = ["shapes"]
+SHIPPED = ["shapes", "emoji"]
 MAX_BUNDLE_BYTES = 40 * 1024 * 1024  # issue #10
 
 
@@ -45,5 +45,31 @@ def test_shapes_bundle_colours_follow_the_prompt(shapes):
         prior_steps=16, decoder_steps=16, output_type="pt",
     )  # fmt: skip
     img = out.images.float()  # (4, 3, 32, 32) in [0, 1]
+    red_minus_blue = (img[:, 0] - img[:, 2]).flatten(1).mean(1)
+    assert red_minus_blue[:2].min() > red_minus_blue[2:].max()
+
+
+@pytest.fixture(scope="module")
+def emoji():
+    with one_thread():
+        yield UnCLIPPipeline.from_pretrained("emoji")
+
+
+def test_emoji_bundle_has_every_stage(emoji):
+    assert emoji.prior is not None and emoji.prior_ar is not None
+    assert emoji.decoder.config.image_size == 32
+    assert [u.config.scale for u in emoji.upsamplers] == [2]  # to the corpus's 64 px
+    weights = [p for m in (emoji.decoder, emoji.prior, emoji.upsamplers[0]) for p in m.parameters()]
+    assert all(torch.isfinite(p).all() for p in weights)
+
+
+def test_emoji_bundle_colours_follow_the_prompt(emoji):
+    """The shipped emoji model paints "red heart" redder than "blue heart" (the emoji names)."""
+    small = at_size(emoji, 32)
+    out = small(
+        ["red heart", "blue heart"], num_images_per_prompt=2, seed=0,
+        prior_steps=16, decoder_steps=16, output_type="pt",
+    )  # fmt: skip
+    img = out.images.float()
     red_minus_blue = (img[:, 0] - img[:, 2]).flatten(1).mean(1)
     assert red_minus_blue[:2].min() > red_minus_blue[2:].max()
