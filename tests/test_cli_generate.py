@@ -273,7 +273,7 @@ def test_bad_input_exit_2(capsys, tmp_path, model, picture, not_image, argv, mes
 def test_unknown_and_default_model(capsys, tmp_path):
     code, _, err = run(capsys, "generate", "a cat", "--model", "no-such-model", "--out", str(tmp_path / "o"))
     assert code == 2 and "no model directory or bundle named 'no-such-model'" in err
-    assert "known bundles: shapes" in err and err.count("\n") == 1
+    assert "known bundles: emoji, shapes" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
     # without --model, the shipped bundle is used
     assert resolve_model(DEFAULT_MODEL) == BUNDLE_DIR / "shapes"

@@ -130,10 +130,10 @@ def test_quick_run_is_deterministic(quick_report: tuple[Path, dict], tmp_path: P
     assert again["main"][sy]["fd"] == pytest.approx(res["main"][sy]["fd"])
 
 
-def test_emoji_model_suite_is_a_clear_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_emoji_model_suite_says_what_it_needs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["evaluate", "--model", str(tmp_path), "--suite", "emoji", "--out", str(tmp_path / "o")])
     assert rc == 2
-    assert "not implemented yet" in capsys.readouterr().err
+    assert "needs --data" in capsys.readouterr().err
 
 
 def test_model_suite_needs_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
