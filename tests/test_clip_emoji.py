@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from clip_helpers import one_thread
+from fixture_helpers import build_emoji_fixture
 from unclip.cli import main
-
-FIXTURE = Path(__file__).parent / "fixtures" / "emoji"
-STYLES = ("noto", "twemoji", "fluent-flat", "fluent-3d")
 
 
 @pytest.fixture(scope="module")
 def emoji_build(tmp_path_factory):
-    from unclip.data.emoji import STYLES as ALL
-    from unclip.data.emoji import ImageFiles, build_emoji
-
-    out = tmp_path_factory.mktemp("emoji")
-    sources = {name: ImageFiles.from_dir(ALL[name], FIXTURE / name) for name in STYLES}
-    build_emoji(
-        out, sources=sources, catalog=FIXTURE, workers=1, styles=STYLES, size=32, heldout_style="twemoji"
-    )
-    return out
+    return build_emoji_fixture(tmp_path_factory.mktemp("emoji"))
 
 
 def test_train_and_evaluate_on_emoji(emoji_build, tmp_path, monkeypatch):

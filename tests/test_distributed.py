@@ -17,11 +17,10 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from clip_helpers import tiny_clip
+from fixture_helpers import write_embedding_shards
 from unclip.cli import main
-from unclip.data.embeddings import EmbeddingShardWriter
 from unclip.train.data import MapBatches, ShapesBatches, SyntheticCaptions
 from unclip.train.distributed import micro_batch_seed
 from unclip.train.prior import EmbeddingBatches
@@ -85,24 +84,7 @@ def assert_close_states(a, b):
 
 @pytest.fixture(scope="module")
 def emb_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("emb")
-    g = torch.Generator().manual_seed(0)
-    n, d, w, length = 96, 16, 12, 6
-    text_emb = F.normalize(torch.randn(n, d, generator=g), dim=-1)
-    image_emb = F.normalize(text_emb + 0.3 * torch.randn(n, d, generator=g) + 1.0, dim=-1)
-    mask = torch.arange(length)[None] < (2 + torch.arange(n) % 4)[:, None]
-    tokens = torch.randn(n, length, w, generator=g) * mask[..., None]
-    with EmbeddingShardWriter(root, shard_size=40, float_dtype="float16") as wr:
-        wr.write(
-            {
-                "image_emb": image_emb,
-                "text_emb": text_emb,
-                "text_tokens": tokens,
-                "text_mask": mask,
-                "caption": [f"caption {i}" for i in range(n)],
-            }
-        )
-    return root
+    return write_embedding_shards(tmp_path_factory.mktemp("emb"))
 
 
 @pytest.fixture(scope="module")

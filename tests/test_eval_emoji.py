@@ -3,36 +3,21 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from clip_helpers import one_thread, tiny_clip
+from fixture_helpers import build_emoji_fixture
 from pipeline_helpers import make_tiny_model
 from unclip.cli import main
 from unclip.eval.emoji_suite import fidelity
 
-FIXTURE = Path(__file__).parent / "fixtures" / "emoji"
-STYLES = ("noto", "twemoji", "fluent-flat", "fluent-3d")
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from unclip.data.emoji import STYLES as ALL
-    from unclip.data.emoji import ImageFiles, build_emoji
-
     root = tmp_path_factory.mktemp("emoji-suite")
-    sources = {name: ImageFiles.from_dir(ALL[name], FIXTURE / name) for name in STYLES}
-    build_emoji(
-        root / "build",
-        sources=sources,
-        catalog=FIXTURE,
-        workers=1,
-        styles=STYLES,
-        size=32,
-        heldout_style="twemoji",
-    )
+    build_emoji_fixture(root / "build")
     make_tiny_model(root / "model", with_ar=False)
     tiny_clip(seed=7).save(root / "judge")
     return root

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fixture_helpers import write_embedding_shards
 from unclip.checkpoint import load_component
 from unclip.cli import main
-from unclip.data.embeddings import EmbeddingShardWriter
 from unclip.train.config import TrainConfig
 from unclip.train.prior import train_prior
 
@@ -21,26 +21,7 @@ D, W, L = 16, 12, 6
 @pytest.fixture(scope="module")
 def emb_dir(tmp_path_factory):
     """96 caption/image pairs whose image embedding depends on the caption."""
-    root = tmp_path_factory.mktemp("emb")
-    g = torch.Generator().manual_seed(0)
-    n = 96
-    text_emb = F.normalize(torch.randn(n, D, generator=g), dim=-1)
-    image_emb = F.normalize(text_emb + 0.3 * torch.randn(n, D, generator=g) + 1.0, dim=-1)
-    mask = torch.zeros(n, L, dtype=torch.bool)
-    for i in range(n):
-        mask[i, : 2 + i % 4] = True
-    tokens = torch.randn(n, L, W, generator=g) * mask[..., None]
-    with EmbeddingShardWriter(root, shard_size=40, float_dtype="float16") as w:
-        w.write(
-            {
-                "image_emb": image_emb,
-                "text_emb": text_emb,
-                "text_tokens": tokens,
-                "text_mask": mask,
-                "caption": [f"caption {i}" for i in range(n)],
-            }
-        )
-    return root
+    return write_embedding_shards(tmp_path_factory.mktemp("emb"), d=D, w=W, length=L)
 
 
 @pytest.mark.parametrize("kind", ["diffusion", "ar"])

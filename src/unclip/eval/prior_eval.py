@@ -206,6 +206,27 @@ def _nearest_train(text_emb: torch.Tensor, train_emb: torch.Tensor) -> torch.Ten
 
 
 # --------------------------------------------------------------------------- the suite
+def _predictions(
+    priors: dict[str, Any],
+    es: EvalSet,
+    seed: int,
+    train_image_emb: torch.Tensor | None,
+    sample_kwargs: dict[str, dict[str, Any]],
+    speed: dict[str, dict[str, float]],
+) -> dict[str, torch.Tensor]:
+    """Method -> (N, D) predicted image embeddings: the baselines, then each prior (timed into ``speed``)."""
+    methods: dict[str, torch.Tensor] = {"no prior (text_emb)": es.text.text_emb}
+    if train_image_emb is not None:
+        methods["nearest train image"] = _nearest_train(es.text.text_emb, train_image_emb)
+    for name, prior in priors.items():
+        emb, secs = _chunked_sample(prior, es.text, seed, **sample_kwargs.get(name, {}))
+        methods[name] = emb
+        speed.setdefault(name, {"embeddings": 0, "seconds": 0.0})
+        speed[name]["embeddings"] += len(emb)
+        speed[name]["seconds"] += secs
+    return methods
+
+
 def evaluate_priors(
     priors: dict[str, Any],
     clip: Any,
@@ -253,15 +274,7 @@ def evaluate_priors(
     }
     speed: dict[str, dict[str, float]] = {}
     for es in sets:
-        methods: dict[str, torch.Tensor] = {"no prior (text_emb)": es.text.text_emb}
-        if train_image_emb is not None:
-            methods["nearest train image"] = _nearest_train(es.text.text_emb, train_image_emb)
-        for name, prior in priors.items():
-            emb, secs = _chunked_sample(prior, es.text, seed, **sample_kwargs.get(name, {}))
-            methods[name] = emb
-            speed.setdefault(name, {"embeddings": 0, "seconds": 0.0})
-            speed[name]["embeddings"] += len(emb)
-            speed[name]["seconds"] += secs
+        methods = _predictions(priors, es, seed, train_image_emb, sample_kwargs, speed)
         methods["true image_emb (ceiling)"] = es.image_emb
         table = {}
         for m, pred in methods.items():
@@ -322,15 +335,7 @@ def evaluate_priors_emoji(
         if es is None:
             continue
         center = train_image_emb.mean(0) if train_image_emb is not None else es.image_emb.float().mean(0)
-        methods: dict[str, torch.Tensor] = {"no prior (text_emb)": es.text.text_emb}
-        if train_image_emb is not None:
-            methods["nearest train image"] = _nearest_train(es.text.text_emb, train_image_emb)
-        for name, prior in priors.items():
-            emb, secs = _chunked_sample(prior, es.text, seed, **sample_kwargs.get(name, {}))
-            methods[name] = emb
-            speed.setdefault(name, {"embeddings": 0, "seconds": 0.0})
-            speed[name]["embeddings"] += len(emb)
-            speed[name]["seconds"] += secs
+        methods = _predictions(priors, es, seed, train_image_emb, sample_kwargs, speed)
         results["main"][f"{split} ({len(es.captions)})"] = {
             m: retrieval_metrics(pred, es, center) for m, pred in methods.items()
         }
