@@ -98,13 +98,14 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
 
 
-def all_reduce_max(flag: bool, device: torch.device) -> bool:
-    """True on every rank when any rank says True (a stop request must stop them all)."""
+def all_reduce_max(flags: list[bool], device: torch.device) -> list[bool]:
+    """Each flag True on every rank when any rank says True, in one collective (a stop request or a
+    bad step must stop or skip on them all)."""
     if not dist_info().enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return flags
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return [bool(v > 0) for v in t.tolist()]
 
 
 def all_reduce_mean(values: list[float], device: torch.device) -> list[float]:

@@ -294,18 +294,13 @@ class Trainer:
 
         header = read_component_header(directory)
         state = load_state_dict(directory / header.get("weights", WEIGHTS_FILE))
-        target = self.model.state_dict()
-        missing = sorted(set(target) - set(state))
-        unexpected = sorted(set(state) - set(target))
-        wrong = sorted(k for k in set(target) & set(state) if target[k].shape != state[k].shape)
-        if missing or unexpected or wrong:
+        try:  # strict: every key and shape must match (copy_ converts the dtype)
+            self.model.load_state_dict(state)
+        except RuntimeError as e:
+            reason = " ".join(str(e).split())[:300]
             raise CheckpointError(
-                f"--init-from {directory}: weights do not fit this model (missing {missing[:3]}, "
-                f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}); use the same model config"
-            )
-        with torch.no_grad():
-            for k, v in target.items():
-                v.copy_(state[k].to(v.dtype))
+                f"--init-from {directory}: weights do not fit this model ({reason}); use the same model config"
+            ) from None
         if self.ema is not None:
             self.ema = EMA(self.model, self.config.ema_decay)
         logger.info("initialised from %s", directory)
@@ -384,8 +379,9 @@ class Trainer:
                 torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
             )
         # Every rank takes the same decision (skip a bad step; stop on a signal to any rank).
-        bad = all_reduce_max(not (math.isfinite(total) and math.isfinite(gnorm)), self.device)
-        self._stop = all_reduce_max(self._stop, self.device)
+        bad, self._stop = all_reduce_max(
+            [not (math.isfinite(total) and math.isfinite(gnorm)), self._stop], self.device
+        )
         if self.scaler is not None:
             # The scaler skips steps with inf/NaN gradients and lowers its scale: that is not an error.
             self.scaler.step(self.optimizer)
