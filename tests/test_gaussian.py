@@ -311,3 +311,28 @@ def test_bad_arguments():
         _diffusion().training_losses(
             lambda x, t: x, torch.zeros(2, 3), torch.tensor([1, 2]), loss_weighting="snr"
         )
+
+
+def test_float_clip_range_and_unclamped_learned_variance():
+    """A float clip clamps x0 to [-r, r]; clamp_variance=False interpolates the log variance with
+    raw values (diffusers' UnCLIPScheduler) and survives respacing."""
+    from unclip.diffusion.gaussian import clip_xstart
+    from unclip.diffusion.respace import respace
+
+    x = torch.tensor([[-7.0, -2.0, 3.0, 9.0]])
+    assert torch.equal(clip_xstart(x, 5.0), torch.tensor([[-5.0, -2.0, 3.0, 5.0]]))
+    with pytest.raises(ValueError, match="range must be > 0"):
+        clip_xstart(x, 0.0)
+    betas = GaussianDiffusion.from_schedule("cosine", 50).betas
+    clamped = GaussianDiffusion(betas, variance="learned_range")
+    raw = respace(GaussianDiffusion(betas, variance="learned_range", clamp_variance=False), range(0, 50, 5))
+    assert raw.clamp_variance is False
+    x_t = torch.zeros(1, 1, 2, 2)
+    out = torch.cat([torch.zeros(1, 1, 2, 2), torch.full((1, 1, 2, 2), 2.0)], dim=1)  # v = 2, outside [-1, 1]
+    raw_full = GaussianDiffusion(betas, variance="learned_range", clamp_variance=False)
+    lv_raw = raw_full.p_mean_variance(out, x_t, 10).log_variance
+    lv_clamped = clamped.p_mean_variance(out, x_t, 10).log_variance
+    max_log = float(np.log(betas[10]))
+    min_log = float(clamped.posterior_log_variance_clipped[10])
+    assert torch.allclose(lv_clamped, torch.full_like(lv_clamped, max_log))
+    assert torch.allclose(lv_raw, torch.full_like(lv_raw, 1.5 * max_log - 0.5 * min_log), rtol=1e-6)

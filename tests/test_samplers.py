@@ -304,3 +304,26 @@ def test_errors():
 
 def test_list_samplers():
     assert list_samplers() == ["ddpm", "ddim", "dpmpp_2m", "dpmpp_3m"]
+
+
+def test_one_generator_per_row_makes_samples_batch_independent():
+    """A list of generators draws row i from generator i alone: a sample's x_T and per-step noise
+    do not depend on the batch it runs in (the pipeline's per-image seeds)."""
+    from unclip.sampling.samplers import randn
+
+    rows = randn((3, 4), [torch.Generator().manual_seed(s) for s in (1, 2, 3)], torch.float32, "cpu")
+    assert torch.equal(rows[1], torch.randn(4, generator=torch.Generator().manual_seed(2)))
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        randn((3, 4), [torch.Generator(), torch.Generator()], torch.float32, "cpu")
+
+    d = GaussianDiffusion.from_schedule("cosine", 100)
+
+    def model(x, t):
+        return 0.3 * x + 0.01 * t[:, None].float()
+
+    batch = sample(model, (2, 5), diffusion=d, sampler="ddpm", steps=10,
+                   generator=[torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)])  # fmt: skip
+    alone = sample(
+        model, (1, 5), diffusion=d, sampler="ddpm", steps=10, generator=[torch.Generator().manual_seed(8)]
+    )
+    assert torch.allclose(batch[1:], alone, atol=1e-6)

@@ -51,8 +51,9 @@ class DynamicThreshold:
 
 
 # None / "none": no clipping (embeddings); "static": clamp to [-1, 1] (images);
-# "dynamic" or a DynamicThreshold: Imagen dynamic thresholding.
-Clip = None | Literal["none", "static", "dynamic"] | DynamicThreshold
+# "dynamic" or a DynamicThreshold: Imagen dynamic thresholding; a float r: clamp to [-r, r]
+# (the range of diffusers' UnCLIPScheduler, used by converted Karlo priors).
+Clip = None | Literal["none", "static", "dynamic"] | DynamicThreshold | float
 
 
 def clip_xstart(x: Tensor, clip: Clip) -> Tensor:
@@ -60,7 +61,7 @@ def clip_xstart(x: Tensor, clip: Clip) -> Tensor:
 
     Args:
         x: (B, ...) predicted x_start.
-        clip: None or "none", "static", "dynamic" or a :class:`DynamicThreshold`.
+        clip: None or "none", "static", "dynamic", a :class:`DynamicThreshold`, or a range r > 0.
 
     Returns:
         Tensor of the same shape and dtype.
@@ -69,6 +70,10 @@ def clip_xstart(x: Tensor, clip: Clip) -> Tensor:
         return x
     if clip == "static":
         return x.clamp(-1.0, 1.0)
+    if isinstance(clip, (int, float)) and not isinstance(clip, bool):
+        if not clip > 0:
+            raise ValueError(f"a clip range must be > 0, got {clip}")
+        return x.clamp(-float(clip), float(clip))
     if clip == "dynamic":
         clip = DynamicThreshold()
     if isinstance(clip, DynamicThreshold):
@@ -76,7 +81,9 @@ def clip_xstart(x: Tensor, clip: Clip) -> Tensor:
         s = torch.quantile(flat, clip.percentile, dim=1).clamp(min=1.0).to(x.dtype)
         s = s.reshape(-1, *([1] * (x.ndim - 1)))
         return torch.maximum(torch.minimum(x, s), -s) / s
-    raise ValueError(f"clip must be None, 'none', 'static', 'dynamic' or a DynamicThreshold, got {clip!r}")
+    raise ValueError(
+        f"clip must be None, 'none', 'static', 'dynamic', a DynamicThreshold or a range > 0, got {clip!r}"
+    )
 
 
 def mean_flat(x: Tensor) -> Tensor:
@@ -108,6 +115,9 @@ class GaussianDiffusion:
         alphas_cumprod: (T,) the exact cumulative alphas when the betas were derived from them
             (respacing): 1 - (1 - ratio) loses the low bits of tiny ratios, so they are kept as
             given instead of being recomputed from the betas.
+        clamp_variance: clamp ``learned_range`` variance values to [-1, 1] (default). False
+            interpolates with the raw values, as diffusers' UnCLIPScheduler does; converted
+            Karlo decoders use it to reproduce the reference.
     """
 
     def __init__(
@@ -118,6 +128,7 @@ class GaussianDiffusion:
         timestep_map: np.ndarray | Sequence[int] | None = None,
         *,
         alphas_cumprod: np.ndarray | None = None,
+        clamp_variance: bool = True,
     ) -> None:
         if prediction not in _PREDICTIONS:
             raise ValueError(f"prediction must be one of {list(_PREDICTIONS)}, got {prediction!r}")
@@ -136,6 +147,7 @@ class GaussianDiffusion:
             raise ValueError("timestep_map must hold len(betas) strictly increasing non-negative ints")
         self.prediction: Prediction = prediction
         self.variance: Variance = variance
+        self.clamp_variance = bool(clamp_variance)
 
         if alphas_cumprod is None:
             alphas = 1.0 - betas
@@ -436,7 +448,9 @@ class GaussianDiffusion:
             assert var_values is not None
             min_log = self._extract("posterior_log_variance_clipped", t, x_t)
             max_log = self._extract("log_betas", t, x_t)
-            frac = (var_values.clamp(-1.0, 1.0) + 1.0) / 2.0
+            if self.clamp_variance:
+                var_values = var_values.clamp(-1.0, 1.0)
+            frac = (var_values + 1.0) / 2.0
             log_var = frac * max_log + (1.0 - frac) * min_log
             var = torch.exp(log_var)
         else:

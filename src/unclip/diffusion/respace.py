@@ -178,4 +178,5 @@ def respace(diffusion: GaussianDiffusion, use_timesteps: Iterable[int]) -> Gauss
         variance=diffusion.variance,
         timestep_map=diffusion.timestep_map[keep],
         alphas_cumprod=abar,
+        clamp_variance=diffusion.clamp_variance,
     )

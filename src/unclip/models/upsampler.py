@@ -32,6 +32,7 @@ from unclip.models.degrade import Degradation
 from unclip.models.unet import UNet, UNetConfig
 from unclip.nn.embeddings import TimestepMLP
 from unclip.nn.precision import Precision, autocast, default_precision
+from unclip.sampling.samplers import Generators, randn
 
 Resize = Literal["bicubic", "bilinear"]
 
@@ -150,19 +151,18 @@ class Upsampler(nn.Module):
         return (sample if s is None else base + s * sample).clamp(-1.0, 1.0)
 
     def augment(
-        self, cond: torch.Tensor, noise_level: torch.Tensor, generator: torch.Generator | None = None
+        self, cond: torch.Tensor, noise_level: torch.Tensor, generator: Generators = None
     ) -> torch.Tensor:
         """Noise the resized conditioning image with q(x_s | x_0) at level s (s = 0: unchanged).
 
         Args:
             cond: (B, 3, H, W) resized low-res image.
             noise_level: (B,) ints in [0, T); level s > 0 uses the forward process at step s - 1.
-            generator: source of the noise.
+            generator: source of the noise (one, or one per row).
         """
         if not bool((noise_level > 0).any()):
             return cond
-        noise = torch.randn(cond.shape, generator=generator, device=generator.device if generator else None)
-        noise = noise.to(cond.device, cond.dtype)
+        noise = randn(cond.shape, generator, torch.float32, cond.device).to(cond.dtype)
         noised = self.diffusion.q_sample(cond, (noise_level - 1).clamp(min=0), noise)
         return torch.where((noise_level > 0)[:, None, None, None], noised, cond)
 

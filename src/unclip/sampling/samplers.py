@@ -35,6 +35,8 @@ from unclip.progress import progress
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[int, int, Tensor, Tensor], None]
+#: One generator, one per batch row (see :func:`randn`), or None for torch's global RNG.
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 class SamplerLoop:
@@ -54,7 +56,7 @@ class SamplerLoop:
         diffusion: GaussianDiffusion,
         model_fn: ModelFn,
         clip: Clip = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         callback: Callback | None = None,
         show_progress: bool = False,
     ) -> None:
@@ -99,8 +101,18 @@ class SamplerLoop:
             self.callback(step, int(self.diffusion.timestep_map[i]), x, pred_xstart)
 
 
-def randn(shape: Sequence[int], generator: torch.Generator | None, dtype: torch.dtype, device: Any) -> Tensor:
-    """Standard normal noise drawn on the generator's device, then moved to ``device``."""
+def randn(shape: Sequence[int], generator: Generators, dtype: torch.dtype, device: Any) -> Tensor:
+    """Standard normal noise drawn on the generator's device, then moved to ``device``.
+
+    ``generator`` may be a sequence of B generators, one per row of a (B, ...) shape: row i is
+    then drawn from generator i alone, so a sample's noise does not depend on the batch it runs
+    in (the pipeline gives every image its own generator).
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        rows = [randn(tuple(shape[1:]), g, dtype, device) for g in generator]
+        return torch.stack(rows)
     if generator is None:
         return torch.randn(tuple(shape), dtype=dtype, device=device)
     noise = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=generator.device)
@@ -228,7 +240,7 @@ def sample(
     diffusion: GaussianDiffusion,
     sampler: str,
     steps: int | str | Sequence[int],
-    generator: torch.Generator | None,
+    generator: Generators,
     eta: float = 0.0,
     clip: Clip = None,
     callback: Callback | None = None,
@@ -248,7 +260,8 @@ def sample(
             a string spec ("50" strided, "ddim50", "logsnr20", "10,10,3,2,2"), a list of step
             indices, or an int N: N steps spaced the sampler's way (strided for ddpm/ddim as in
             iDDPM, uniform in log-SNR for dpmpp_*, which measures best for them).
-        generator: source of all randomness (None: torch's global RNG).
+        generator: source of all randomness (None: torch's global RNG), or one generator per
+            batch row.
         eta: stochasticity for "ddim" (DDIM eta) and "dpmpp_2m" (SDE variant); others need 0.
         clip: x_0 clipping: None for embeddings, "static" or "dynamic" for images.
         callback: ``callback(step_index, t, x_t, pred_xstart)`` once per step, t the original
@@ -282,7 +295,8 @@ def sample(
             raise ValueError(f"x_T shape must be (B, ...) with at least 2 positive dims, got {shape}")
         work = _work_dtype(None, dtype)
         if device is None:
-            device = generator.device if generator is not None else "cpu"
+            first = generator[0] if isinstance(generator, (list, tuple)) else generator
+            device = first.device if first is not None else "cpu"
         x = randn(shape, generator, work, device)
 
     if isinstance(steps, int) and not isinstance(steps, bool) and spec.int_spacing == "logsnr":
