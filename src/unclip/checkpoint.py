@@ -72,10 +72,12 @@ def _import_builtin_kinds() -> None:
 
     for mod in (
         "unclip.clip.model",
+        "unclip.clip.hf_clip",
         "unclip.models.prior",
         "unclip.models.ar_prior",
         "unclip.models.decoder",
         "unclip.models.upsampler",
+        "unclip.models.karlo.stages",
     ):
         try:
             importlib.import_module(mod)

@@ -289,6 +289,12 @@ def _inversion(
     )
 
 
+def _raw_embeddings(pipe: UnCLIPPipeline) -> bool:
+    """True for converted models whose CLIP returns unnormalised embeddings (Karlo): there the
+    norm carries information the decoder was trained with, so combinations keep it."""
+    return not getattr(getattr(pipe.clip, "config", None), "normalize", True)
+
+
 def _embed(pipe: UnCLIPPipeline, item: object, g: torch.Generator, precision: str | None) -> Tensor:
     """(1, D) image embedding of an image (CLIP) or a prompt (the model's default prior)."""
     if is_prompt(item):
@@ -510,7 +516,10 @@ def mix(
         total = (w * F.normalize(embs.double(), dim=-1)).sum(0)
         if float(total.norm()) < 1e-6:
             raise UserError("the weighted embeddings cancel out; change the weights")
-        z = F.normalize(total, dim=-1).float()[None].expand(n, -1)
+        z = F.normalize(total, dim=-1)
+        if _raw_embeddings(pipe):  # the weighted mean of the inputs' norms
+            z = z * (w.abs()[:, 0] * embs.double().norm(dim=-1)).sum() / w.abs().sum()
+        z = z.float()[None].expand(n, -1)
         x_T = torch.randn((n, 3, s, s), generator=g, device=g.device)
         images = pipe.decode(
             z,
@@ -583,6 +592,8 @@ def text_diff(
                 raise UserError("to and from_ have the same CLIP embedding; the text diff is zero")
         z_d = F.normalize(z_t, dim=-1)
         inv = _inversion(pipe, image, steps, refine, guidance_scale, precision, callback, show_progress)
+        if _raw_embeddings(pipe):  # unnormalised embeddings: give z_d the image embedding's norm
+            z_d = z_d * inv.image_emb.float().cpu().norm()
         thetas = torch.linspace(0.0, float(max_theta), frames, dtype=torch.float64)
         embs = slerp(inv.image_emb[0], z_d[0], thetas)  # (frames, D)
         images = pipe.decode(

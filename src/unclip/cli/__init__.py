@@ -29,6 +29,7 @@ _COMMANDS: tuple[str, ...] = (
     "generate",
     "manipulate",
     "inspect",
+    "convert",
     "serve",
 )
 
@@ -92,4 +93,5 @@ def _extra_for(module: str) -> str:
         "accelerate": "train",
         "fastapi": "serve",
         "uvicorn": "serve",
+        "transformers": "adapters",
     }.get(root, "")

@@ -31,6 +31,7 @@ def load_encoder(path: str | Path, device: str = "cpu") -> ClipEncoder:
     """Open any supported CLIP directory as a :class:`ClipEncoder`.
 
     * our "clip" component directory (or a model directory containing ``clip/``);
+    * an "hf_clip" component (``unclip convert clip``, or a converted Karlo model's ``clip/``);
     * a ``transformers`` CLIPModel directory (config.json with ``model_type: clip``), through
       :class:`unclip.clip.adapters.HFClipAdapter`.
 
@@ -40,7 +41,14 @@ def load_encoder(path: str | Path, device: str = "cpu") -> ClipEncoder:
     p = Path(path)
     if not p.exists():
         raise UserError(f"CLIP model not found: {p}")
-    if (p / "component.json").is_file() or (p / "clip" / "component.json").is_file():
+    comp = p if (p / "component.json").is_file() else p / "clip"
+    if (comp / "component.json").is_file():
+        from unclip.checkpoint import read_component_header
+
+        if read_component_header(comp)["kind"] == "hf_clip":
+            from unclip.clip.hf_clip import load_hf_clip
+
+            return load_hf_clip(comp, device=device)
         return load_clip(p, device=device)
     if (p / "config.json").is_file():
         from unclip.clip.adapters import HFClipAdapter

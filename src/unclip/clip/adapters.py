@@ -67,8 +67,16 @@ class _AdapterBase(nn.Module):
             pixels = images
         else:
             pixels = self.preprocess(images)
+        self.check_pixels(pixels)
         pixels = pixels.to(self.device, next(self.parameters()).dtype)
-        return F.normalize(self.image_features(pixels).float(), dim=-1)
+        return self.finish_embedding(self.image_features(pixels).float())
+
+    def check_pixels(self, pixels: torch.Tensor) -> None:
+        """Hook for subclasses to validate preprocessed pixels (B, 3, S, S); accepts anything here."""
+
+    def finish_embedding(self, emb: torch.Tensor) -> torch.Tensor:
+        """(B, D) projected features -> the returned embedding: unit-norm (the ClipEncoder contract)."""
+        return F.normalize(emb, dim=-1)
 
 
 class HFClipAdapter(_AdapterBase):
@@ -155,7 +163,7 @@ class HFClipAdapter(_AdapterBase):
         """Already tokenized prompts -> :class:`TextEncoding`."""
         pooled, tokens = self.text_features(ids, mask)
         tokens = tokens.float() * mask[..., None].float()
-        return TextEncoding(F.normalize(pooled.float(), dim=-1), tokens, mask.bool())
+        return TextEncoding(self.finish_embedding(pooled.float()), tokens, mask.bool())
 
     def encode_text(self, texts: Sequence[str]) -> TextEncoding:
         """See :meth:`unclip.clip.interface.ClipEncoder.encode_text`."""
@@ -231,7 +239,7 @@ class OpenClipAdapter(_AdapterBase):
     def encode_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> TextEncoding:
         pooled, tokens = self.text_features(ids, mask)
         tokens = tokens.float() * mask[..., None].float()
-        return TextEncoding(F.normalize(pooled.float(), dim=-1), tokens, mask.bool())
+        return TextEncoding(self.finish_embedding(pooled.float()), tokens, mask.bool())
 
     def encode_text(self, texts: Sequence[str]) -> TextEncoding:
         """See :meth:`unclip.clip.interface.ClipEncoder.encode_text`."""

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unclip.errors import UserError
 from unclip.eval import metrics as M
 from unclip.eval.shapes_scoring import ATTRS, diversity, fidelity, main_object, read_all, scene_for_prompt
 
@@ -281,14 +282,18 @@ class Generator:
         for i in progress(range(0, len(prompts), b), desc=f"{tag}: {system[:24]}"):
             sl = slice(i, i + b)
             tok = mask = None
+            extra = {}
             if use_tokens:
                 tok, mask = text.text_tokens[sl], text.text_mask[sl]
+                if getattr(self.pipe.decoder, "uses_text_emb", False):  # converted Karlo decoders
+                    extra["text_emb"] = text.text_emb[sl]
             gen = torch.Generator().manual_seed(self.s.seed + i)
             out.append(
                 self.pipe.decoder.sample(
                     None if emb is None else emb[sl],
                     tok,
                     mask,
+                    **extra,
                     guidance_scale=self.scale if decoder_scale is None else decoder_scale,
                     steps=steps or self.steps,
                     sampler=sampler,
@@ -464,6 +469,11 @@ def evaluate_model(
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     full = UnCLIPPipeline.from_pretrained(model)
+    if not getattr(full.clip, "has_vision", True):
+        raise UserError(
+            "the shapes suite decodes true CLIP image embeddings, but this model's CLIP has no image "
+            "tower (convert it with --image-encoder DIR)"
+        )
     # Base resolution only: the oracle reads 32 px almost exactly; upsamplers see only the low-res image.
     pipe = UnCLIPPipeline(full.clip, full.decoder, full.prior, full.prior_ar, (), full.defaults)
     s = Settings.quick(seed, n) if quick else Settings.full(seed, n)

@@ -51,6 +51,22 @@ COMPONENTS: dict[str, str] = {
     "upsampler1": "upsampler",
     "upsampler2": "upsampler",
 }
+#: Other kinds a component may hold: converted pretrained models (``unclip convert``) with the
+#: same sampling interface as ours (see :mod:`unclip.models.karlo.stages`).
+ALTERNATIVE_KINDS: dict[str, tuple[str, ...]] = {
+    "clip": ("hf_clip",),
+    "prior": ("karlo_prior",),
+    "decoder": ("karlo_decoder",),
+    "upsampler1": ("karlo_upsampler",),
+    "upsampler2": ("karlo_upsampler",),
+}
+
+
+def allowed_kinds(name: str) -> tuple[str, ...]:
+    """The component kinds the component ``name`` may hold (ours first)."""
+    return (COMPONENTS[name], *ALTERNATIVE_KINDS.get(name, ()))
+
+
 REQUIRED = ("clip", "decoder")
 _INDEX_KEYS = {"format", "format_version", "components", "defaults", "info"}
 _ENTRY_KEYS = {"kind", "path"}
@@ -74,6 +90,9 @@ class PipelineDefaults(Config):
         decoder_steps: decoder DDIM steps (paper: 250; fewer on CPU).
         decoder_guidance_scale: decoder classifier-free guidance (the decoder's own default).
         upsampler_steps: DDIM steps per upsampler, in order (paper Tab. 3: 27, 15).
+        decoder_sampler: the decoder's sampler ("ddim"; converted Karlo models: "ddpm", the
+            reference's ancestral sampler).
+        upsampler_sampler: the upsamplers' sampler.
     """
 
     prior: Literal["diffusion", "ar"] = "diffusion"
@@ -84,8 +103,17 @@ class PipelineDefaults(Config):
     decoder_steps: int = 50
     decoder_guidance_scale: float = 3.0
     upsampler_steps: tuple[int, ...] = (27, 15)
+    decoder_sampler: str = "ddim"
+    upsampler_sampler: str = "ddim"
 
     def __post_init__(self) -> None:
+        from unclip.sampling import list_samplers
+
+        for name in ("decoder_sampler", "upsampler_sampler"):
+            if getattr(self, name) not in list_samplers():
+                raise ValueError(
+                    f"{name} must be one of {', '.join(list_samplers())}, got {getattr(self, name)!r}"
+                )
         for name in ("prior_steps", "decoder_steps", "prior_best_of"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -197,9 +225,10 @@ def read_index(directory: str | Path) -> dict[str, Any]:
             raise UserError(f"{path}: unknown component {name!r}; valid names: {', '.join(COMPONENTS)}")
         if not isinstance(entry, dict) or set(entry) != _ENTRY_KEYS:
             raise UserError(f"{path}: component {name!r} must be an object with exactly the keys kind, path")
-        if entry["kind"] != COMPONENTS[name]:
+        if entry["kind"] not in allowed_kinds(name):
             raise UserError(
-                f"{path}: component {name!r} must be of kind {COMPONENTS[name]!r}, got {entry['kind']!r}"
+                f"{path}: component {name!r} must be of kind {' or '.join(map(repr, allowed_kinds(name)))}, "
+                f"got {entry['kind']!r}"
             )
         sub = entry["path"]
         if not isinstance(sub, str) or not sub or Path(sub).is_absolute() or ".." in Path(sub).parts:
@@ -251,10 +280,12 @@ def save_model(
     entries = {}
     for name, module in components.items():
         kind = _kind_of(module)
-        if kind != COMPONENTS[name]:
-            raise UserError(f"component {name!r} must be of kind {COMPONENTS[name]!r}, got {kind!r}")
-        if kind == "clip":
-            module.save(directory / name, dtype=dtype)  # also writes tokenizer.json
+        if kind not in allowed_kinds(name):
+            raise UserError(
+                f"component {name!r} must be of kind {' or '.join(map(repr, allowed_kinds(name)))}, got {kind!r}"
+            )
+        if kind in ("clip", "hf_clip"):
+            module.save(directory / name, dtype=dtype)  # also writes the tokenizer's files
         else:
             save_component(module, module.config, kind, directory / name, dtype=dtype)
         entries[name] = {"kind": kind, "path": name}
@@ -297,7 +328,9 @@ def load_model(
                 f"{sub} holds a {header['kind']!r} component, but model.json says {entry['kind']!r}"
             )
         module, _config, _header = load_component(sub, device=device)
-        if name == "clip":
+        if header["kind"] == "clip":
             module = attach_tokenizer_from(module, sub)
+        elif header["kind"] == "hf_clip":
+            module = module.attach_tokenizer_from(sub)
         modules[name] = module.requires_grad_(False)
     return modules, index

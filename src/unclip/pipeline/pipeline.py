@@ -316,7 +316,8 @@ class UnCLIPPipeline:
         steps: int | None = None,
         guidance_scale: float | None = None,
         eta: float = 0.0,
-        generator: torch.Generator | None = None,
+        sampler: str = "ddim",
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         upsampler_steps: int | Sequence[int] | None = None,
         upsampler_generators: Sequence[torch.Generator] | None = None,
         precision: str | None = None,
@@ -332,7 +333,10 @@ class UnCLIPPipeline:
             text: N captions whose tokens the decoder also attends to (None: image-only).
             steps, guidance_scale: decoder settings (None -> defaults).
             eta: DDIM eta of the decoder (0: deterministic).
-            generator: per-step noise of the decoder when eta > 0.
+            sampler: the decoder's sampler: "ddim" (the manipulations' deterministic decode of
+                inverted latents); text to image uses the model's ``decoder_sampler``.
+            generator: per-step noise of a stochastic decoder sampler (eta > 0, or the "ddpm"
+                sampler of converted Karlo models): one generator, or one per image.
             upsampler_steps: one count for all upsamplers or one per upsampler (None -> defaults).
             upsampler_generators: N generators for the upsamplers' x_T (None: image i uses a
                 generator seeded with s + i, s drawn from ``generator`` after the decoder ran).
@@ -351,15 +355,19 @@ class UnCLIPPipeline:
         )
         up_steps = self._upsampler_steps(upsampler_steps)
         tokens = mask = None
+        extra: dict[str, Any] = {}
         if text is not None and self.decoder.config.text_dim:
             tokens, mask = text.text_tokens, text.text_mask
+            if getattr(self.decoder, "uses_text_emb", False):
+                extra["text_emb"] = text.text_emb
         images = self.decoder.sample(
             image_emb.to(self.device),
             tokens,
             mask,
+            **extra,
             guidance_scale=scale,
             steps=steps,
-            sampler="ddim",
+            sampler=sampler,
             eta=eta,
             generator=generator,
             x_T=x_T.to(self.device),
@@ -369,6 +377,8 @@ class UnCLIPPipeline:
         )
         if not upsample:
             return images
+        if upsampler_generators is None and isinstance(generator, (list, tuple)):
+            upsampler_generators = generator
         if upsampler_generators is None:
             seed = base_seed(None, generator)
             upsampler_generators = self.generators([seed + i for i in range(images.shape[0])])
@@ -380,6 +390,8 @@ class UnCLIPPipeline:
             images = up.sample(
                 images,
                 steps=k_steps,
+                sampler=d.upsampler_sampler,
+                generator=list(upsampler_generators),
                 x_T=noise.to(self.device),
                 precision=precision,
                 callback=stage_callback(callback, f"upsampler{k + 1}", k_steps),
@@ -505,6 +517,8 @@ class UnCLIPPipeline:
                 text=per_image,
                 steps=decoder_steps,
                 guidance_scale=decoder_guidance_scale,
+                sampler=self.defaults.decoder_sampler,
+                generator=gens,
                 upsampler_steps=upsampler_steps,
                 upsampler_generators=gens,
                 precision=precision,
