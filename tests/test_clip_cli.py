@@ -190,3 +190,11 @@ def test_evaluate_shapes_writes_report(trained, tmp_path):
     assert set(res["zero_shot"]) == {"color", "shape", "size", "fill", "position"}
     assert 0 <= res["binding"]["binding"] <= 1 and "val" in res["retrieval"]
     assert "| color |" in (out / "results.md").read_text().replace("| color | shape", "| color |")
+
+
+def test_init_from_keeps_the_models_tokenizer(trained, tmp_path):
+    """Fine-tuning a CLIP (--init-from) with another seed keeps its BPE vocabulary."""
+    run = tmp_path / "ft"
+    args = ["-q", "train", "clip", "--data", "synthetic:32", "--out", str(run), "--preset", "clip-tiny-test"]
+    assert main([*args, "--steps", "2", "--seed", "5", "--init-from", str(trained / "clip")]) == 0
+    assert (run / "tokenizer.json").read_bytes() == (trained / "clip" / "tokenizer.json").read_bytes()

@@ -316,6 +316,13 @@ def train_clip(
     torch.manual_seed(train_config.seed)  # model init is part of the run's identity
     tokenizer = None
     if model_config.text.tower == "transformer":
+        init_tok = Path(init_from) / TOKENIZER_FILE if init_from is not None else None
+        if init_tok is not None and not (run_dir / TOKENIZER_FILE).is_file():
+            if not init_tok.is_file():
+                raise UserError(f"--init-from {init_from}: no {TOKENIZER_FILE} (the text tower's vocabulary)")
+            # Fine-tuning keeps the model's vocabulary: a tokenizer retrained here (another seed
+            # or other captions) would give the pretrained token embeddings other meanings.
+            atomic_write_bytes(run_dir / TOKENIZER_FILE, init_tok.read_bytes())
         tokenizer = build_tokenizer(model_config, data, run_dir, train_config.seed)
     model: nn.Module = ClipModel(model_config, tokenizer)
     if aux_weight > 0:
