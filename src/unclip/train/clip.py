@@ -363,6 +363,7 @@ def train_clip(
         extra_state=record,
         device=device,
         init_from=init_from,
+        init_target=unwrap,
     )
     return trainer.run(resume=resume, stop_at=stop_at)
 

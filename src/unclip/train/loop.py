@@ -166,6 +166,8 @@ class Trainer:
         device: defaults to the environment's (cuda if available, else cpu).
         init_from: a component directory (e.g. an earlier run's export) whose weights start a
             fresh run: fine-tuning. Ignored on resume (the checkpoint holds the weights).
+        init_target: the part of ``model`` the component's weights belong to, when the trained
+            module wraps the exported one with training-only parts (the CLIP's attribute probe).
     """
 
     def __init__(
@@ -181,9 +183,11 @@ class Trainer:
         extra_state: dict[str, Any] | None = None,
         device: str | torch.device | None = None,
         init_from: str | Path | None = None,
+        init_target: Callable[[nn.Module], nn.Module] | None = None,
     ) -> None:
         self.config = config
         self.init_from = Path(init_from) if init_from is not None else None
+        self.init_target = init_target
         self.device = resolve_device(device)
         self.precision = default_precision(self.device) if config.precision == "auto" else config.precision
         self.dist = dist_info()
@@ -294,8 +298,9 @@ class Trainer:
 
         header = read_component_header(directory)
         state = load_state_dict(directory / header.get("weights", WEIGHTS_FILE))
+        target = self.init_target(self.model) if self.init_target is not None else self.model
         try:  # strict: every key and shape must match (copy_ converts the dtype)
-            self.model.load_state_dict(state)
+            target.load_state_dict(state)
         except RuntimeError as e:
             reason = " ".join(str(e).split())[:300]
             raise CheckpointError(
