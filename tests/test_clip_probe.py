@@ -67,8 +67,8 @@ def test_train_with_probe_exports_clip_only(tmp_path):
     assert '"aux_shape_weight": 3.0' in (run / "run.json").read_text()
     # Fine-tuning the exported CLIP with the probe: the weights load into the CLIP inside the
     # probe wrapper (the probe head starts fresh).
-    ft = ["-q", "train", "clip", "--data", "shapes:16", "--out", str(tmp_path / "ft"), "--preset", "clip-tiny-test"]
-    assert main([*ft, "--steps", "2", "--aux-attributes", "1", "--init-from", str(run / "clip")]) == 0
+    ft = [*args[:5], str(tmp_path / "ft"), *args[6:], "--steps", "2", "--aux-attributes", "1"]
+    assert main([*ft, "--init-from", str(run / "clip")]) == 0
 
 
 def test_probe_first_trains_the_probe_alone_then_adds_infonce(tmp_path, capsys):
