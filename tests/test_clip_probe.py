@@ -67,7 +67,7 @@ def test_train_with_probe_exports_clip_only(tmp_path):
     assert '"aux_shape_weight": 3.0' in (run / "run.json").read_text()
     # Fine-tuning the exported CLIP with the probe: the weights load into the CLIP inside the
     # probe wrapper (the probe head starts fresh).
-    ft = [*args[:5], str(tmp_path / "ft"), *args[6:], "--steps", "2", "--aux-attributes", "1"]
+    ft = [*args[:6], str(tmp_path / "ft"), *args[7:], "--steps", "2", "--aux-attributes", "1"]
     assert main([*ft, "--init-from", str(run / "clip")]) == 0
 
 
