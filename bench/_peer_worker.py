@@ -7,13 +7,16 @@ carries our parameter count; the worker picks, from a fixed family of its librar
 (the same level layout as ours, only the width or depth varies), the one whose parameter count
 is nearest, and reports every candidate's count so the choice can be checked.
 
-Random weights throughout: throughput does not depend on them.
+Random weights throughout: throughput does not depend on them. The end-to-end jobs ("e2e")
+match each stage (text tower, prior, decoder, upsampler) on its own and report every stage's
+count; ``"counts_only": true`` returns the choice without building or timing anything.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -26,9 +29,10 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
-from _peers_common import closest, measure
+from _peers_common import closest, measure, measure_calls
 
 DEC_MULTS = (1, 2, 2)  # our decoder-shapes preset's channel multipliers, kept for every peer
+UP_MULTS = (1, 2, 4)  # our shapes bundle upsampler's channel multipliers (e2e case)
 
 
 def precision_ctx(precision: str) -> contextlib.AbstractContextManager[Any]:
@@ -43,12 +47,17 @@ def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def pick(target: int, family: dict[str, Callable[[], torch.nn.Module]]) -> tuple[str, dict[str, int]]:
-    """Build every candidate on the meta device (no memory, no init cost) and pick the nearest."""
+def pick(
+    target: int,
+    family: dict[str, Callable[[], torch.nn.Module]],
+    counter: Callable[[torch.nn.Module], int] = count,
+) -> tuple[str, dict[str, int]]:
+    """Build every candidate on the meta device (no memory, no init cost) and pick the nearest
+    (``counter`` counts the parameters that take part, by default all of them)."""
     counts = {}
     for name, build in family.items():
         with torch.device("meta"):
-            counts[name] = count(build())
+            counts[name] = counter(build())
     name, _ = closest(target, counts)
     return name, counts
 
@@ -192,7 +201,9 @@ def dalle2_prior_sample(job: dict) -> dict:
 # ----------------------------------------------------------------------------- diffusers
 
 
-def diffusers_unet(c: int, embed_dim: int, size: int, context_dim: int) -> torch.nn.Module:
+def diffusers_unet(
+    c: int, embed_dim: int, size: int, context_dim: int, out_channels: int = 3
+) -> torch.nn.Module:
     """UNet2DConditionModel in the Karlo/unCLIP decoder layout, at our levels and multipliers."""
     from diffusers import UNet2DConditionModel
     from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
@@ -201,7 +212,7 @@ def diffusers_unet(c: int, embed_dim: int, size: int, context_dim: int) -> torch
     unet = UNet2DConditionModel(
         sample_size=size,
         in_channels=3,
-        out_channels=3,
+        out_channels=out_channels,
         block_out_channels=chans,
         layers_per_block=2,
         down_block_types=(
@@ -347,12 +358,376 @@ def diffusers_prior_sample(job: dict) -> dict:
     return {"config": cfg, "params": count(prior), "candidates": counts, "note": note, **res}
 
 
+# ----------------------------------------------------------------------------- end to end (e2e)
+#
+# Text -> CLIP text encoding -> prior -> 32 px decoder -> x4 upsampler -> 128 px, through each
+# library's own end-to-end entry point. Every stage's size is picked to be nearest to ours
+# (job["stage_targets"]). All three sides tokenize with our shapes bundle's BPE tokenizer file
+# (job["tokenizer_file"], read with `tokenizers`; no unclip import), so the vocabularies and the
+# caption length match.
+
+
+def bpe_tokenizer(job: dict) -> Any:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(job["tokenizer_file"])
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def bpe_ids(tok: Any, prompts: list[str], length: int) -> torch.Tensor:
+    """(B, length) token ids, padded with 0 (the pad id of our tokenizer and of x_clip)."""
+    ids = torch.zeros(len(prompts), length, dtype=torch.long)
+    for i, enc in enumerate(tok.encode_batch(prompts)):
+        row = enc.ids[:length]
+        ids[i, : len(row)] = torch.tensor(row)
+    return ids
+
+
+def e2e_texts(job: dict) -> list[str]:
+    """Prompt-major, one entry per image (for the libraries without num_images_per_prompt)."""
+    return [p for p in job["prompts"] for _ in range(job["per_prompt"])]
+
+
+def e2e_choices(job: dict, families: dict[str, tuple[dict, Callable[[torch.nn.Module], int]]]) -> dict:
+    """Pick each stage's candidate nearest to our stage's count: {stage: (name, counts)}."""
+    targets = job["stage_targets"]
+    return {k: pick(targets[k], fam, counter) for k, (fam, counter) in families.items()}
+
+
+def e2e_result(chosen: dict, cfg: str, extra: dict | None = None) -> dict:
+    """The worker's row: total and per-stage parameter counts of the chosen configs."""
+    stages = {k: counts[name] for k, (name, counts) in chosen.items()}
+    out = {
+        "config": cfg,
+        "params": sum(stages.values()),
+        "stage_params": stages,
+        "candidates": {k: counts for k, (_, counts) in chosen.items()},
+    }
+    return {**out, **(extra or {})}
+
+
+def dalle2_e2e_families(job: dict) -> dict:
+    from dalle2_pytorch import DiffusionPriorNetwork, Unet
+    from x_clip.x_clip import TextTransformer
+
+    e, w, n = job["embed_dim"], job["text_width"], job["text_len"]
+
+    def text(m: float) -> torch.nn.Module:
+        # x_clip's text tower; its feed-forward is GEGLU (3 matrices), so the width multiplier
+        # is searched at our depth, heads and width.
+        return TextTransformer(
+            dim=w,
+            num_tokens=job["vocab_size"],
+            max_seq_len=n,
+            dim_head=64,
+            depth=job["text_layers"],
+            heads=job["text_heads"],
+            ff_mult=m,
+        )
+
+    def prior(k: int) -> torch.nn.Module:
+        return DiffusionPriorNetwork(
+            dim=e, depth=k, dim_head=job["prior_head_dim"], heads=job["prior_heads"], max_text_len=n
+        )
+
+    def decoder(d: int) -> torch.nn.Module:
+        return Unet(
+            dim=d,
+            image_embed_dim=e,
+            text_embed_dim=w,
+            cond_on_image_embeds=True,
+            cond_on_text_encodings=True,
+            max_text_len=n,
+            dim_mults=DEC_MULTS,
+            num_resnet_blocks=2,
+        )
+
+    def upsampler(d: int) -> torch.nn.Module:
+        # Ours has no attention anywhere (middle included); GroupNorm groups must divide the width.
+        return Unet(
+            dim=d,
+            dim_mults=UP_MULTS,
+            num_resnet_blocks=2,
+            lowres_cond=True,
+            attend_at_middle=False,
+            resnet_groups=math.gcd(d, 8),
+        )
+
+    latent = w * e  # x_clip's to_text_latent (no bias), part of the text stage
+    return {
+        "text": (
+            {f"ff_mult={m:.3g}": (lambda m=m: text(m)) for m in (2, 8 / 3, 3, 4)},
+            lambda mod: count(mod) + latent,
+        ),
+        "prior": ({f"depth={k}": (lambda k=k: prior(k)) for k in range(1, 13)}, count),
+        "decoder": ({f"dim={d}": (lambda d=d: decoder(d)) for d in range(32, 129, 8)}, count),
+        "upsampler": ({f"dim={d}": (lambda d=d: upsampler(d)) for d in range(16, 65, 2)}, count),
+    }
+
+
+def dalle2_e2e(job: dict) -> dict:
+    from dalle2_pytorch import DALLE2, Decoder, DiffusionPrior
+    from x_clip import CLIP
+
+    families = dalle2_e2e_families(job)
+    chosen = e2e_choices(job, families)
+    name = {k: v[0] for k, v in chosen.items()}
+    e, w, n = job["embed_dim"], job["text_width"], job["text_len"]
+    cfg = (
+        f"x_clip CLIP text tower (TextTransformer(dim={w}, depth={job['text_layers']}, heads={job['text_heads']}, "
+        f"dim_head=64, {name['text']}, vocab {job['vocab_size']}, {n} tokens); a 1-layer 32-wide image tower, "
+        f"unused, not counted) -> DiffusionPrior(DiffusionPriorNetwork(dim={e}, {name['prior']}, "
+        f"heads={job['prior_heads']}, dim_head={job['prior_head_dim']}), DDIM) -> Decoder(unets=("
+        f"Unet({name['decoder']}, dim_mults={DEC_MULTS}, num_resnet_blocks=2, image + text conditioned), "
+        f"Unet({name['upsampler']}, dim_mults={UP_MULTS}, num_resnet_blocks=2, lowres_cond, no attention)), "
+        f"image_sizes=({job['decoder_size']}, {job['image_size']}), predict_v, fixed variance, cosine, DDIM eta 0) "
+        "in DALLE2"
+    )
+    if job.get("counts_only"):
+        return e2e_result(chosen, cfg)
+    (p_steps, d_steps, u_steps), b = job["steps"], len(e2e_texts(job))
+    note = (
+        f"DALLE2(token ids, cond_scale=({job['decoder_guidance']:g}, 1), prior_cond_scale={job['prior_guidance']:g}), "
+        f"prior_num_samples={job['best_of']}; tokenizing (our BPE) is timed; CFG: two separate forwards per "
+        f"guided step; its prior DDIM runs {p_steps - 1} network steps when asked for {p_steps}; "
+        "the decoder re-encodes the text with CLIP"
+    )
+
+    torch.manual_seed(0)
+    fam = {k: v[0] for k, v in families.items()}
+    clip = CLIP(
+        text_encoder=fam["text"][name["text"]](),
+        dim_text=w,
+        dim_image=32,
+        dim_latent=e,
+        text_seq_len=n,
+        visual_enc_depth=1,
+        visual_heads=1,
+        visual_dim_head=32,
+        visual_image_size=32,
+        visual_patch_size=8,
+    )
+    prior = DiffusionPrior(
+        net=fam["prior"][name["prior"]](),
+        clip=clip,
+        timesteps=1000,
+        sample_timesteps=p_steps,
+        cond_drop_prob=0.1,
+        condition_on_text_encodings=True,
+    )
+    decoder = Decoder(
+        unet=(fam["decoder"][name["decoder"]](), fam["upsampler"][name["upsampler"]]()),
+        clip=clip,
+        image_sizes=(job["decoder_size"], job["image_size"]),
+        timesteps=1000,
+        sample_timesteps=(d_steps, u_steps),
+        beta_schedule=("cosine", "cosine"),
+        predict_v=True,
+        learned_variance=False,
+        image_cond_drop_prob=0.1,
+        text_cond_drop_prob=0.5,
+    )
+    model = DALLE2(prior=prior, decoder=decoder, prior_num_samples=job["best_of"]).eval()
+    tok, texts = bpe_tokenizer(job), e2e_texts(job)
+
+    def run(warmup: bool, precision: str) -> None:
+        p, d, u = job["warmup_steps"] if warmup else job["steps"]
+        prior.sample_timesteps, decoder.sample_timesteps = p, (d, u)
+        ids = bpe_ids(tok, texts, n)
+        with precision_ctx(precision):
+            images = model(
+                ids, cond_scale=(job["decoder_guidance"], 1.0), prior_cond_scale=job["prior_guidance"]
+            )
+        assert images.shape == (b, 3, job["image_size"], job["image_size"]), images.shape
+
+    res = measure_calls(job["precisions"], run, b, job["repeats"])
+    return e2e_result(chosen, cfg, {"note": note, **res})
+
+
+def diffusers_e2e_families(job: dict) -> dict:
+    import transformers
+    from diffusers import PriorTransformer, UNet2DModel
+
+    e, w, n = job["embed_dim"], job["text_width"], job["text_len"]
+    if e != w:
+        raise ValueError("diffusers' UnCLIPTextProjModel needs the text width equal to the CLIP width")
+    tok = bpe_tokenizer(job)
+    ids = {k: tok.token_to_id(v) for k, v in job["special_tokens"].items()}
+
+    def text(k: int) -> torch.nn.Module:
+        cfg = transformers.CLIPTextConfig(
+            vocab_size=job["vocab_size"],
+            hidden_size=w,
+            intermediate_size=4 * w,
+            num_attention_heads=job["text_heads"],
+            num_hidden_layers=k,
+            max_position_embeddings=n,
+            projection_dim=e,
+            pad_token_id=ids["pad"],
+            bos_token_id=ids["bos"],
+            eos_token_id=ids["eos"],
+        )
+        return transformers.CLIPTextModelWithProjection(cfg)
+
+    def prior(k: int) -> torch.nn.Module:
+        return PriorTransformer(
+            num_attention_heads=job["prior_heads"],
+            attention_head_dim=job["prior_head_dim"],
+            num_layers=k,
+            embedding_dim=e,
+            num_embeddings=n,
+            additional_embeddings=4,
+        )
+
+    def upsampler(c: int) -> torch.nn.Module:
+        # Karlo's super-res layout (no attention, as ours), 6 input channels: x_t + upscaled image.
+        return UNet2DModel(
+            sample_size=job["image_size"],
+            in_channels=6,
+            out_channels=3,
+            block_out_channels=tuple(c * m for m in UP_MULTS),
+            layers_per_block=2,
+            down_block_types=("ResnetDownsampleBlock2D",) * len(UP_MULTS),
+            up_block_types=("ResnetUpsampleBlock2D",) * len(UP_MULTS),
+            resnet_time_scale_shift="scale_shift",
+            add_attention=False,
+            norm_num_groups=math.gcd(c, 32),
+        )
+
+    def decoder(c: int) -> torch.nn.Module:
+        # out_channels 6 (learned variance range): the pipeline splits the decoder's output in two.
+        return diffusers_unet(c, e, job["decoder_size"], job["context_dim"], out_channels=6)
+
+    return {
+        "text": ({f"num_hidden_layers={k}": (lambda k=k: text(k)) for k in range(1, 7)}, count),
+        "prior": ({f"num_layers={k}": (lambda k=k: prior(k)) for k in range(1, 13)}, count),
+        "decoder": (
+            {
+                f"block_out_channels={tuple(c * m for m in DEC_MULTS)}": (lambda c=c: decoder(c))
+                for c in range(32, 129, 16)
+            },
+            count,
+        ),
+        "upsampler": (
+            {
+                f"block_out_channels={tuple(c * m for m in UP_MULTS)}": (lambda c=c: upsampler(c))
+                for c in range(16, 65, 8)
+            },
+            count,
+        ),
+    }
+
+
+def interpolate_bf16_in_fp32() -> None:
+    """Let UnCLIPPipeline run under bf16 autocast on CPU: its bicubic antialiased upscaling of the
+    decoder output (bf16 there) has no bf16 CPU kernel, so that one call runs in fp32 (cast in
+    and out). ``functools.wraps`` keeps the signature the pipeline inspects for ``antialias``."""
+    import functools
+
+    import diffusers.pipelines.deprecated.unclip.pipeline_unclip as mod
+
+    functional = torch.nn.functional
+
+    @functools.wraps(functional.interpolate)
+    def interpolate(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if x.dtype == torch.bfloat16:
+            return functional.interpolate(x.float(), *args, **kwargs).to(x.dtype)
+        return functional.interpolate(x, *args, **kwargs)
+
+    class Functional:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(functional, name)
+
+    shim = Functional()
+    shim.interpolate = interpolate
+    mod.F = shim
+
+
+def diffusers_e2e(job: dict) -> dict:
+    import transformers
+    from diffusers import UnCLIPPipeline, UnCLIPScheduler
+
+    families = diffusers_e2e_families(job)
+    chosen = e2e_choices(job, families)
+    name = {k: v[0] for k, v in chosen.items()}
+    e, n, tokens = job["embed_dim"], job["text_len"], job["special_tokens"]
+    cfg = (
+        f"UnCLIPPipeline: CLIPTextModelWithProjection(hidden_size={job['text_width']}, {name['text']}, "
+        f"heads={job['text_heads']}, vocab {job['vocab_size']}, {n} tokens) -> PriorTransformer("
+        f"num_attention_heads={job['prior_heads']}, attention_head_dim={job['prior_head_dim']}, {name['prior']}, "
+        f"embedding_dim={e}, num_embeddings={n}) -> UNet2DConditionModel({name['decoder']}, Karlo blocks, "
+        f"out_channels=6) + UnCLIPTextProjModel(clip_embeddings_dim={e}) -> UNet2DModel({name['upsampler']}, "
+        f"layers_per_block=2, no attention, {job['image_size']} px) as super_res_first and super_res_last; "
+        "UnCLIPScheduler x3 (Karlo settings)"
+    )
+    note = (
+        f"UnCLIPPipeline.__call__ (guidance {job['prior_guidance']:g}/{job['decoder_guidance']:g}, "
+        "output_type='np'); CFG batched; "
+        "super_res_first and super_res_last are one module (Karlo ships two of one architecture: "
+        "memory, not time); decoder out_channels 6 (learned_range), as the pipeline requires; bf16: "
+        "its bicubic upscaling of the decoder output runs in fp32 (no bf16 CPU kernel)"
+    )
+    if job.get("counts_only"):
+        return e2e_result(chosen, cfg)
+
+    torch.manual_seed(0)
+    fam = {k: v[0] for k, v in families.items()}
+    dec = fam["decoder"][name["decoder"]]()
+    super_res = fam["upsampler"][name["upsampler"]]()
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=bpe_tokenizer(job),
+        pad_token=tokens["pad"],
+        bos_token=tokens["bos"],
+        eos_token=tokens["eos"],
+        model_max_length=n,
+    )
+    pipe = UnCLIPPipeline(
+        prior=fam["prior"][name["prior"]]().eval(),
+        decoder=dec["unet"].eval(),
+        text_proj=dec["text_proj"].eval(),
+        text_encoder=fam["text"][name["text"]]().eval(),
+        tokenizer=tok,
+        super_res_first=super_res.eval(),
+        super_res_last=super_res,
+        prior_scheduler=UnCLIPScheduler(
+            variance_type="fixed_small_log", prediction_type="sample", clip_sample_range=5.0
+        ),
+        decoder_scheduler=UnCLIPScheduler(variance_type="learned_range", prediction_type="epsilon"),
+        super_res_scheduler=UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="epsilon"),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    interpolate_bf16_in_fp32()
+    b = len(job["prompts"]) * job["per_prompt"]
+
+    def run(warmup: bool, precision: str) -> None:
+        p, d, u = job["warmup_steps"] if warmup else job["steps"]
+        with precision_ctx(precision):
+            out = pipe(
+                job["prompts"],
+                num_images_per_prompt=job["per_prompt"],
+                prior_num_inference_steps=p,
+                decoder_num_inference_steps=d,
+                super_res_num_inference_steps=u,
+                prior_guidance_scale=job["prior_guidance"],
+                decoder_guidance_scale=job["decoder_guidance"],
+                output_type="np",
+            )
+        assert out.images.shape == (b, job["image_size"], job["image_size"], 3), out.images.shape
+
+    res = measure_calls(job["precisions"], run, b, job["repeats"])
+    return e2e_result(chosen, cfg, {"note": note, **res})
+
+
 JOBS: dict[tuple[str, str], Callable[[dict], dict]] = {
     ("dalle2", "decoder_sample"): dalle2_decoder_sample,
     ("dalle2", "decoder_train"): dalle2_decoder_train,
     ("dalle2", "prior_sample"): dalle2_prior_sample,
     ("diffusers", "decoder_sample"): diffusers_decoder_sample,
     ("diffusers", "prior_sample"): diffusers_prior_sample,
+    ("dalle2", "e2e"): dalle2_e2e,
+    ("diffusers", "e2e"): diffusers_e2e,
 }
 
 

@@ -6,6 +6,7 @@ run it without torch. Parameter matching, ratios and markdown tables live here.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -48,6 +49,28 @@ def fmt_params(n: int | None) -> str:
     if n >= 1e6:
         return f"{n / 1e6:.2f}M"
     return f"{n / 1e3:.1f}k"
+
+
+def stage_diffs(ours: Mapping[str, int], theirs: Mapping[str, int]) -> dict[str, float]:
+    """Per-stage relative parameter differences (theirs - ours) / ours, for the stages both have."""
+    return {k: rel_diff(ours[k], theirs[k]) for k in ours if k in theirs}
+
+
+def fmt_stages(stages: Mapping[str, int], ref: Mapping[str, int] | None = None) -> str:
+    """{"text": 748672, "prior": 1963776} -> 'text 748.7k, prior 1.96M' (with ' (+x.x%)' against ``ref``)."""
+    parts = []
+    for k, n in stages.items():
+        delta = f" ({rel_diff(ref[k], n):+.1%})" if ref and ref.get(k) else ""
+        parts.append(f"{k} {fmt_params(n)}{delta}")
+    return ", ".join(parts)
+
+
+def cut_steps(steps: Sequence[int], div: int) -> tuple[int, ...]:
+    """Step counts divided by ``div``, rounded up: ``--quick``'s end-to-end counts. At least 2
+    (diffusers' UnCLIPScheduler divides by steps - 1), or the count itself when it is smaller."""
+    if div < 1:
+        raise ValueError("div must be >= 1")
+    return tuple(min(s, max(2, math.ceil(s / div))) for s in steps)
 
 
 def fmt_rate(x: float | None) -> str:
@@ -182,6 +205,16 @@ def measure(
         seconds[p] = t
         rates[p] = per_second(items, t, steps, steps_timed)
     return {"rates": rates, "seconds": seconds, "errors": errors}
+
+
+def measure_calls(
+    precisions: Sequence[str], call: Callable[[bool, str], object], items: int, repeats: int
+) -> dict[str, Any]:
+    """:func:`measure` for whole calls (end to end) rather than sampler steps: ``call(True, p)`` is
+    the warm-up (one cheap call, e.g. one step per stage), then ``call(False, p)`` is timed
+    ``repeats`` times (best kept). ``items`` outputs per timed call; no step scaling.
+    """
+    return measure(precisions, lambda n, p: call(n == 0, p), items, repeats, warmup_steps=0)
 
 
 def per_second(items: int, seconds: float, steps: int | None = None, steps_timed: int | None = None) -> float:

@@ -17,12 +17,22 @@ Cases (``--cases``):
   diffusers ``PriorTransformer`` in a plain ``UnCLIPScheduler`` loop.
 * ``train``: decoder training, images/s (forward + backward + AdamW) at batch 16, 32 px. Ours
   (fp32, and bf16 autocast + channels_last, our default) vs dalle2-pytorch ``Decoder`` loss.
+* ``e2e128``: end to end, text -> 128 px images/s, 4 prompts x 2 images. Ours: ``UnCLIPPipeline``
+  built with random weights from the shipped ``shapes`` bundle's component configs (CLIP text
+  tower, diffusion prior, 32 px decoder, one x4 upsampler), at the bundle's default steps and
+  best-of, and at the peers' steps (25/25/7, diffusers' defaults) with best-of 1. dalle2-pytorch:
+  ``DALLE2`` over an ``x_clip`` CLIP, a ``DiffusionPrior`` and a two-unet ``Decoder`` (DDIM);
+  diffusers: its ``UnCLIPPipeline``, called as is (under bf16 its one bicubic upscaling runs in
+  fp32: no bf16 CPU kernel). Each stage's parameter count is matched to ours within 10%; all
+  three tokenize with the bundle's BPE tokenizer file.
 
 Ours always in fp32 and in our bf16 default; peers in fp32 (their default) and under
 ``torch.autocast("cpu", dtype=torch.bfloat16)``. The plain 2048x2048 matmul GFLOP/s (fp32, bf16)
 is measured in the same run, at the start and at the end. ``--quick`` times only a few sampler
 steps (2 of the decoder's 50, 4 of the prior's 64; scaled linearly to the full count) and one
-training step, for a run of 2-3 minutes on one thread; the default is the real measurement. Run::
+training step; ``e2e128`` has stages of unequal per-step cost, so there it instead runs every
+stage at a quarter of its step count (rounded up, at least 2) and reports images/s at those
+counts. The default is the real measurement. Run::
 
     python bench/vs_peers.py [--threads 2] [--quick] [--cases decoder32 prior] [--json OUT]
 
@@ -39,6 +49,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -48,19 +59,36 @@ from _peers_common import (
     PARAM_TOLERANCE,
     PRECISIONS,
     case_tables,
+    cut_steps,
     fmt_params,
+    fmt_stages,
     measure,
+    measure_calls,
     params_match,
     rel_diff,
+    stage_diffs,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "_peer_worker.py"
-CASES = ("decoder32", "decoder64", "prior", "train")
+CASES = ("decoder32", "decoder64", "prior", "train", "e2e128")
 CLIP_DIM = 128  # the shapes CLIP's embedding width: the decoder's conditioning
 PRIOR_DIM = 256  # prior case: embedding width = prior width (dalle2-pytorch requires them equal)
 TEXT_LEN = 32
 GUIDANCE = 3.0
+
+# e2e128: prompts in the shapes world's style; the peers' step counts are diffusers'
+# UnCLIPPipeline defaults (prior, decoder, super-res: Karlo's settings; dalle2-pytorch's only
+# default is 1000 DDPM steps per stage).
+E2E_PROMPTS = (
+    "a small red circle",
+    "a big blue square left of a green triangle",
+    "two yellow stars",
+    "a purple circle above a small orange square",
+)
+PEER_E2E_STEPS = (25, 25, 7)
+E2E_WARMUP_STEPS = (2, 2, 2)  # one untimed call first; diffusers' UnCLIPScheduler needs >= 2 steps
+E2E_STAGES = {"text": "clip", "prior": "prior", "decoder": "decoder", "upsampler": "upsampler1"}
 
 # step counts and sizes; --quick times `*_timed` steps and scales to the full count
 FULL = {
@@ -73,9 +101,14 @@ FULL = {
     "prior_timed": None,
     "train_batch": 16,
     "train_steps": 3,
+    "e2e_prompts": 4,
+    "e2e_per_prompt": 2,
+    "e2e_step_div": 1,
     "worker_timeout_s": 3600,
 }
-QUICK = dict(FULL, repeats=2, decoder_timed=2, prior_timed=4, train_steps=1, worker_timeout_s=900)
+QUICK = dict(
+    FULL, repeats=2, decoder_timed=2, prior_timed=4, train_steps=1, e2e_step_div=4, worker_timeout_s=900
+)
 
 
 # ----------------------------------------------------------------------------- machine
@@ -288,6 +321,154 @@ def ours_train(s: dict) -> dict:
     }
 
 
+def shapes_bundle() -> Path:
+    import unclip
+
+    return Path(unclip.__file__).parent / "bundles" / "shapes"
+
+
+def our_e2e_components() -> tuple[dict[str, Any], Any, Path]:
+    """Random-init CLIP, prior, decoder and upsampler at the shapes bundle's configs (its
+    component.json files; the weights are not read), the bundle's pipeline defaults and the
+    path of its BPE tokenizer file."""
+    import torch
+
+    from unclip.checkpoint import get_kind, read_component_header
+    from unclip.clip.model import TOKENIZER_FILE, attach_tokenizer_from
+    from unclip.pipeline import read_index
+
+    root = shapes_bundle()
+    index = read_index(root)
+    mods = {}
+    for i, name in enumerate(E2E_STAGES.values()):
+        header = read_component_header(root / index["components"][name]["path"])
+        kind = get_kind(header["kind"])
+        torch.manual_seed(i)
+        mods[name] = kind.build(kind.config_cls.from_dict(header["config"]))
+    # Our BPE tokenizer (a data file, not weights) is needed to encode prompts.
+    clip_dir = root / index["components"]["clip"]["path"]
+    mods["clip"] = attach_tokenizer_from(mods["clip"], clip_dir)
+    return mods, index["defaults"], clip_dir / TOKENIZER_FILE
+
+
+def e2e_stage_params(mods: dict[str, Any]) -> dict[str, int]:
+    """Parameters per stage; for CLIP only the text tower, which is all that text -> image runs."""
+    return {
+        stage: nparams(mods[name].text if stage == "text" else mods[name])
+        for stage, name in E2E_STAGES.items()
+    }
+
+
+def e2e_peer_settings(
+    mods: dict[str, Any], defaults: Any, tokenizer_file: Path, stages: dict[str, int]
+) -> dict[str, Any]:
+    """What the peer workers need to match our e2e stack: widths, depths, tokenizer, guidance."""
+    from unclip.clip.tokenizer import EOT, PAD, SOT
+
+    clip, prior, dec, up = (mods[n] for n in E2E_STAGES.values())
+    text = clip.config.text
+    return {
+        "tokenizer_file": str(tokenizer_file),
+        "special_tokens": {"pad": PAD, "bos": SOT, "eos": EOT},
+        "vocab_size": text.vocab_size,
+        "text_len": text.context_length,
+        "text_width": text.width,
+        "text_layers": text.layers,
+        "text_heads": text.heads,
+        "embed_dim": clip.embed_dim,
+        "prior_heads": prior.config.heads,
+        "prior_head_dim": prior.config.width // prior.config.heads,
+        "decoder_size": dec.config.unet.image_size,
+        "image_size": dec.config.unet.image_size * up.config.scale,
+        "context_dim": dec.config.context_dim,
+        "prior_guidance": defaults.prior_guidance_scale,
+        "decoder_guidance": defaults.decoder_guidance_scale,
+        "stage_targets": stages,
+    }
+
+
+def e2e_desc(mods: dict[str, Any]) -> str:
+    clip, prior, dec, up = (mods[n] for n in E2E_STAGES.values())
+    t, pc, du, uu = clip.config.text, prior.config, dec.config.unet, up.config.unet
+    return (
+        f"shapes bundle configs, random weights: CLIP text transformer (width {t.width}, {t.layers} layers, "
+        f"{t.heads} heads, vocab {t.vocab_size}, {t.context_length} tokens) -> DiffusionPrior (width {pc.width}, "
+        f"{pc.layers} layers, {pc.heads} heads, embed {pc.embed_dim}) -> Decoder ({du.image_size} px, "
+        f"{du.model_channels} ch x {tuple(du.channel_mult)}, text_dim {dec.config.text_dim}) -> Upsampler "
+        f"(x{up.config.scale}, {uu.model_channels} ch x {tuple(uu.channel_mult)}, no attention)"
+    )
+
+
+def e2e_label(head: str, steps: Sequence[int], full: Sequence[int], tail: str = "") -> str:
+    """'<head> 25/25/7 steps<tail>', with the full counts named when --quick cut them."""
+    cut = "" if tuple(steps) == tuple(full) else f" (quick cut of {'/'.join(map(str, full))})"
+    return f"{head} {'/'.join(map(str, steps))} steps{cut}{tail}"
+
+
+def ours_e2e(s: dict) -> list[dict]:
+    """Our UnCLIPPipeline end to end, at the bundle's default steps and at the peers' steps."""
+    import dataclasses
+
+    from unclip.pipeline import UnCLIPPipeline
+
+    mods, defaults, tokenizer_file = our_e2e_components()
+    stages = e2e_stage_params(mods)
+    settings = e2e_peer_settings(mods, defaults, tokenizer_file, stages)
+    prompts = list(E2E_PROMPTS[: s["e2e_prompts"]])
+    n = s["e2e_per_prompt"]
+    bundle_steps = (defaults.prior_steps, defaults.decoder_steps, defaults.upsampler_steps[0])
+    variants = [
+        (bundle_steps, defaults.prior_best_of, "shapes bundle defaults"),
+        (PEER_E2E_STEPS, 1, "peers' steps"),
+    ]
+    rows = []
+    for full, best_of, what in variants:
+        steps = cut_steps(full, s["e2e_step_div"])
+        pipe = UnCLIPPipeline(
+            mods["clip"],
+            mods["decoder"],
+            prior=mods["prior"],
+            upsamplers=[mods["upsampler1"]],
+            defaults=dataclasses.replace(defaults, prior_best_of=best_of),
+        )
+
+        def run(warmup: bool, precision: str, pipe: Any = pipe, steps: tuple = steps) -> None:
+            p, d, u = E2E_WARMUP_STEPS if warmup else steps
+            pipe(
+                prompts,
+                num_images_per_prompt=n,
+                prior_steps=p,
+                decoder_steps=d,
+                upsampler_steps=u,
+                prior_guidance_scale=defaults.prior_guidance_scale,
+                decoder_guidance_scale=defaults.decoder_guidance_scale,
+                precision=precision,
+                output_type="pt",
+                seed=0,
+            )
+
+        res = measure_calls(PRECISIONS, run, len(prompts) * n, s["repeats"])
+        note = (
+            f"per stage: {fmt_stages(stages)}; UnCLIPPipeline.__call__, output_type='pt'; the prior runs "
+            "one image at a time (the pipeline's seeding design), caption prefix cached; CFG batched"
+        )
+        rows.append(
+            {
+                "side": "ours",
+                "label": e2e_label("ours UnCLIPPipeline,", steps, full, f", best-of {best_of} ({what})"),
+                "params": sum(stages.values()),
+                "stage_params": stages,
+                "config": e2e_desc(mods),
+                "steps": list(steps),
+                "best_of": best_of,
+                "note": note,
+                "peer_settings": settings,
+                **res,
+            }
+        )
+    return rows
+
+
 # ----------------------------------------------------------------------------- peers
 
 
@@ -321,12 +502,13 @@ def run_peer(py: Path, job: dict, label: str, timeout: float) -> dict:
     return {**row, **res}
 
 
-def peer_jobs(case: str, s: dict, threads: int, target: int) -> list[tuple[dict, str]]:
+def peer_jobs(case: str, s: dict, threads: int, ours: dict) -> list[tuple[dict, str]]:
+    """The peer worker jobs of one case, matched to our first row ``ours``, with their labels."""
     base = {
         "threads": threads,
         "precisions": list(PRECISIONS),
         "repeats": s["repeats"],
-        "target_params": target,
+        "target_params": ours["params"],
     }
     if case.startswith("decoder"):
         size = int(case[len("decoder") :])
@@ -378,6 +560,26 @@ def peer_jobs(case: str, s: dict, threads: int, target: int) -> list[tuple[dict,
             context_dim=256,
         )
         return [(dict(job, lib="dalle2"), "dalle2-pytorch Decoder loss + AdamW")]
+    if case == "e2e128":
+        steps = cut_steps(PEER_E2E_STEPS, s["e2e_step_div"])
+        job = dict(
+            base,
+            **ours["peer_settings"],
+            case="e2e",
+            prompts=list(E2E_PROMPTS[: s["e2e_prompts"]]),
+            per_prompt=s["e2e_per_prompt"],
+            batch=s["e2e_prompts"] * s["e2e_per_prompt"],
+            steps=list(steps),
+            warmup_steps=list(E2E_WARMUP_STEPS),
+            best_of=1,
+        )
+        return [
+            (
+                dict(job, lib="dalle2"),
+                e2e_label("dalle2-pytorch DALLE2, DDIM", steps, PEER_E2E_STEPS, ", best-of 1"),
+            ),
+            (dict(job, lib="diffusers"), e2e_label("diffusers UnCLIPPipeline,", steps, PEER_E2E_STEPS)),
+        ]
     raise ValueError(f"unknown case {case!r}")
 
 
@@ -386,6 +588,11 @@ TITLES = {
     "decoder64": ("Decoder sampling, 64 px, batch {decoder_batch}, guidance 3", "img/s"),
     "prior": ("Prior sampling, {prior_steps} steps, batch {prior_batch}, guidance 3", "emb/s"),
     "train": ("Decoder training, 32 px, batch {train_batch}, forward + backward + AdamW", "img/s"),
+    "e2e128": (
+        "End to end, text -> 128 px, {e2e_prompts} prompts x {e2e_per_prompt} images, guidance "
+        "{prior_guidance:g} (prior) / {decoder_guidance:g} (decoder), steps prior/decoder/upsampler",
+        "img/s",
+    ),
 }
 
 
@@ -394,12 +601,16 @@ def run_case(case: str, s: dict, threads: int, py: Path, log: Any) -> dict:
         ours = ours_decoder_sample(int(case[len("decoder") :]), s)
     elif case == "prior":
         ours = [ours_prior_sample(s)]
+    elif case == "e2e128":
+        ours = ours_e2e(s)
     else:
         ours = [ours_train(s)]
-    target = ours[0]["params"]
+    target, stages = ours[0]["params"], ours[0].get("stage_params")
     log(f"  ours: {fmt_params(target)} params; {ours[0]['config']}")
+    if stages:
+        log(f"    per stage: {fmt_stages(stages)}")
     rows = list(ours)
-    for job, label in peer_jobs(case, s, threads, target):
+    for job, label in peer_jobs(case, s, threads, ours[0]):
         t0 = time.perf_counter()
         row = run_peer(py, job, label, s["worker_timeout_s"])
         rows.append(row)
@@ -408,11 +619,22 @@ def run_case(case: str, s: dict, threads: int, py: Path, log: Any) -> dict:
             row["params_match"] = params_match(target, row["params"])
             flag = "" if row["params_match"] else f"  MISMATCH (> {PARAM_TOLERANCE:.0%})"
             log(f"  {label}: {fmt_params(row['params'])} params ({d:+.1%}){flag}; {row['config']}")
+            if stages and row.get("stage_params"):
+                diffs = row["stage_params_rel_diff"] = stage_diffs(stages, row["stage_params"])
+                off = [k for k, v in diffs.items() if abs(v) > PARAM_TOLERANCE]
+                flag = f"  MISMATCH in {', '.join(off)} (> {PARAM_TOLERANCE:.0%})" if off else ""
+                log(f"    per stage: {fmt_stages(row['stage_params'], stages)}{flag}")
+                stage_note = f"per stage: {fmt_stages(row['stage_params'], stages)}"
+                row["note"] = f"{stage_note}; {row['note']}" if row.get("note") else stage_note
         else:
             log(f"  {label}: failed: {next(iter(row['errors'].values()), '?')}")
         log(f"    ({time.perf_counter() - t0:.0f} s)")
     title, unit = TITLES[case]
-    return {"case": case, "title": title.format(**s), "unit": unit, "rows": rows}
+    fields = dict(s, **ours[0].get("peer_settings", {}))
+    title = title.format(**fields)
+    if case == "e2e128" and s["e2e_step_div"] > 1:
+        title += f" (quick: step counts cut to 1/{s['e2e_step_div']}, img/s at those counts)"
+    return {"case": case, "title": title, "unit": unit, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -421,7 +643,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads on both sides (default 2)")
     parser.add_argument(
-        "--quick", action="store_true", help="few timed steps, scaled to the full count (~2-3 min)"
+        "--quick",
+        action="store_true",
+        help="few timed steps, scaled to the full count; e2e128: 1/4 of the steps (~5 min in all)",
     )
     parser.add_argument(
         "--cases",
@@ -458,7 +682,10 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, flush=True)
 
     info = machine_info(args.threads)
-    mode = "quick run (few timed steps, scaled to the full count)" if args.quick else "full run"
+    mode = "full run"
+    if args.quick:
+        mode = "quick run (few timed steps, scaled to the full count"
+        mode += "; e2e128: 1/4 of the steps, not scaled)" if "e2e128" in args.cases else ")"
     isa = "AMX bf16" if info["amx"] else ("AVX-512 bf16" if info["avx512_bf16"] else "no bf16 matmul units")
     log(
         f"vs_peers: {mode}; {info['cpu']} ({isa}), {info['cores']} cores, {args.threads} thread(s), "

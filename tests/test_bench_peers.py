@@ -111,3 +111,103 @@ def test_vs_peers_help_exits_zero_without_the_peer_env():
     )
     assert out.returncode == 0, out.stderr
     assert "--quick" in out.stdout and "--cases" in out.stdout and "--json" in out.stdout
+
+
+# ----------------------------------------------------------------------------- e2e128
+
+
+def test_cut_steps_quarters_each_stage_and_keeps_two_steps():
+    assert pc.cut_steps((64, 25, 6), 4) == (16, 7, 2)
+    assert pc.cut_steps((25, 25, 7), 4) == (7, 7, 2)
+    assert pc.cut_steps((25, 25, 7), 1) == (25, 25, 7)
+    assert pc.cut_steps((3, 1), 4) == (2, 1)  # at least 2 (UnCLIPScheduler), never above the count
+    with pytest.raises(ValueError):
+        pc.cut_steps((10,), 0)
+
+
+def test_stage_diffs_and_formatting():
+    ours = {"text": 1000, "prior": 2_000_000}
+    theirs = {"text": 1100, "prior": 1_900_000, "extra": 5}
+    assert pc.stage_diffs(ours, theirs) == pytest.approx({"text": 0.10, "prior": -0.05})
+    assert pc.fmt_stages(ours) == "text 1.0k, prior 2.00M"
+    assert pc.fmt_stages(theirs, ours) == "text 1.1k (+10.0%), prior 1.90M (-5.0%), extra 0.0k"
+
+
+def test_measure_calls_warms_up_once_then_times_whole_calls():
+    calls = []
+
+    def call(warmup, precision):
+        calls.append((warmup, precision))
+        if precision == "bf16":
+            raise RuntimeError("no kernel")
+
+    res = pc.measure_calls(("fp32", "bf16"), call, items=8, repeats=2)
+    assert calls == [(True, "fp32"), (False, "fp32"), (False, "fp32"), (True, "bf16")]
+    assert res["rates"]["fp32"] == pytest.approx(8 / res["seconds"]["fp32"])
+    assert res["errors"] == {"bf16": "RuntimeError: no kernel"}
+
+
+def fake_e2e_settings():
+    return {
+        "tokenizer_file": "tok.json",
+        "special_tokens": {"pad": "<pad>", "bos": "<sot>", "eos": "<eot>"},
+        "vocab_size": 1024,
+        "text_len": 48,
+        "text_width": 128,
+        "text_layers": 3,
+        "text_heads": 2,
+        "embed_dim": 128,
+        "prior_heads": 4,
+        "prior_head_dim": 48,
+        "decoder_size": 32,
+        "image_size": 128,
+        "context_dim": 256,
+        "prior_guidance": 2.0,
+        "decoder_guidance": 3.0,
+        "stage_targets": {"text": 1, "prior": 2, "decoder": 3, "upsampler": 4},
+    }
+
+
+def test_e2e_peer_jobs_carry_our_sizes_steps_and_guidance():
+    import vs_peers
+
+    ours = {"params": 10, "peer_settings": fake_e2e_settings()}
+    jobs = vs_peers.peer_jobs("e2e128", vs_peers.QUICK, 1, ours)
+    assert [j["lib"] for j, _ in jobs] == ["dalle2", "diffusers"]
+    for job, label in jobs:
+        assert job["case"] == "e2e" and job["steps"] == [7, 7, 2] and job["best_of"] == 1
+        assert job["prompts"] == list(vs_peers.E2E_PROMPTS) and job["per_prompt"] == 2 and job["batch"] == 8
+        assert job["stage_targets"] == ours["peer_settings"]["stage_targets"] and job["target_params"] == 10
+        assert "7/7/2 steps (quick cut of 25/25/7)" in label
+    full = vs_peers.peer_jobs("e2e128", vs_peers.FULL, 1, ours)
+    assert full[0][0]["steps"] == list(vs_peers.PEER_E2E_STEPS)
+    assert full[1][1] == "diffusers UnCLIPPipeline, 25/25/7 steps"
+
+
+def test_e2e_peer_stages_match_ours_within_tolerance():
+    """Needs the peer venv (skipped without it): the worker's per-stage picks, on the meta device."""
+    import json
+
+    import peers_env
+    import vs_peers
+
+    if not peers_env.is_ready():
+        pytest.skip("no peer venv (python bench/peers_env.py)")
+    mods, defaults, tokenizer_file = vs_peers.our_e2e_components()
+    stages = vs_peers.e2e_stage_params(mods)
+    job = dict(vs_peers.e2e_peer_settings(mods, defaults, tokenizer_file, stages), counts_only=True)
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import _peer_worker as w; "
+        "job = json.loads(sys.argv[2]); "
+        "print(json.dumps({lib: w.JOBS[(lib, 'e2e')](job) for lib in ('dalle2', 'diffusers')}))"
+    )
+    py = peers_env.venv_python(peers_env.DEFAULT_VENV)
+    out = subprocess.run(
+        [str(py), "-c", code, str(BENCH), json.dumps(job)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    for lib, res in json.loads(out.stdout.splitlines()[-1]).items():
+        assert set(res["stage_params"]) == set(stages), lib
+        for stage, diff in pc.stage_diffs(stages, res["stage_params"]).items():
+            assert abs(diff) <= pc.PARAM_TOLERANCE, (lib, stage, diff, res["candidates"][stage])
+        assert res["params"] == sum(res["stage_params"].values())
