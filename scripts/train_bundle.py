@@ -129,7 +129,8 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
     ],
 }  # fmt: skip
 DEFAULTS = {
-    "shapes": {"decoder_steps": 25, "upsampler_steps": [6]},
+    # DPM-Solver++(2M) 20 matches DDIM 50's fidelity and FD at 0.4x its time (bench/quality_per_compute.py).
+    "shapes": {"decoder_steps": 20, "decoder_sampler": "dpmpp_2m", "upsampler_steps": [6]},
     "emoji": {"decoder_steps": 25, "upsampler_steps": [6]},
 }
 #: The quick evaluation that ends each recipe (after ``evaluate --model OUT/model``).
