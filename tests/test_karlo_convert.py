@@ -144,6 +144,11 @@ def test_fast_sampler_runs_on_converted_model(tiny):
         x_T=torch.randn(1, 3, 32, 32),
     )
     assert emb.shape == (1, 32) and img.shape == (1, 3, 32, 32) and torch.isfinite(img).all()
+    # best-of: of 3 candidates per sample, the one closest to the caption's text embedding.
+    cands = pipe.prior.sample(text, 6, steps=3, generator=torch.Generator().manual_seed(1))
+    best = pipe.prior.sample(text, 2, steps=3, best_of=3, generator=torch.Generator().manual_seed(1))
+    scores = (cands @ text.text_emb[0]).view(2, 3)
+    assert torch.allclose(best, cands.view(2, 3, -1)[torch.arange(2), scores.argmax(1)])
 
 
 def test_convert_errors(tiny, tmp_path):

@@ -281,19 +281,16 @@ class Generator:
         b = self.s.batch
         for i in progress(range(0, len(prompts), b), desc=f"{tag}: {system[:24]}"):
             sl = slice(i, i + b)
-            tok = mask = None
-            extra = {}
+            tok = mask = pooled = None
             if use_tokens:
-                tok, mask = text.text_tokens[sl], text.text_mask[sl]
-                if getattr(self.pipe.decoder, "uses_text_emb", False):  # converted Karlo decoders
-                    extra["text_emb"] = text.text_emb[sl]
+                tok, mask, pooled = text.text_tokens[sl], text.text_mask[sl], text.text_emb[sl]
             gen = torch.Generator().manual_seed(self.s.seed + i)
             out.append(
                 self.pipe.decoder.sample(
                     None if emb is None else emb[sl],
                     tok,
                     mask,
-                    **extra,
+                    text_emb=pooled,
                     guidance_scale=self.scale if decoder_scale is None else decoder_scale,
                     steps=steps or self.steps,
                     sampler=sampler,

@@ -251,6 +251,7 @@ class Decoder(nn.Module):
         batch: int,
         guidance_scale: float = 3.0,
         precision: Precision | None = None,
+        text_emb: torch.Tensor | None = None,
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The guided ``model_fn(x_t, t)`` that :meth:`sample` runs, for other samplers to reuse.
 
@@ -264,6 +265,9 @@ class Decoder(nn.Module):
             batch: B.
             guidance_scale: s; 1 skips the unconditional branch.
             precision: "bf16" / "fp32" (default: bf16 where supported).
+            text_emb: the pooled caption embedding; accepted so every decoder kind shares one
+                signature, and unused here (this decoder pools the caption tokens itself;
+                converted Karlo decoders use it).
 
         Returns:
             ``model_fn(x_t (B, 3, S, S), t (B,)) -> output`` through the one CFG wrapper.
@@ -298,6 +302,7 @@ class Decoder(nn.Module):
         text_tokens: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
         *,
+        text_emb: torch.Tensor | None = None,
         num_images: int | None = None,
         guidance_scale: float = 3.0,
         steps: int | str = 50,
@@ -320,6 +325,7 @@ class Decoder(nn.Module):
             image_emb: (B, D) CLIP image embeddings, or None.
             text_tokens: (B, L, W) caption tokens, or None.
             text_mask: (B, L) bool.
+            text_emb: (B, D) pooled caption embedding; unused here (see :meth:`guided_fn`).
             num_images: B when neither conditioning is given (unconditional samples).
             guidance_scale: s; 1 skips the unconditional branch.
             steps: timestep spec (see :func:`unclip.diffusion.space_timesteps`).

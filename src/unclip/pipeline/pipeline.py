@@ -354,17 +354,14 @@ class UnCLIPPipeline:
             "decoder_guidance_scale", d.decoder_guidance_scale if guidance_scale is None else guidance_scale
         )
         up_steps = self._upsampler_steps(upsampler_steps)
-        tokens = mask = None
-        extra: dict[str, Any] = {}
+        tokens = mask = pooled = None
         if text is not None and self.decoder.config.text_dim:
-            tokens, mask = text.text_tokens, text.text_mask
-            if getattr(self.decoder, "uses_text_emb", False):
-                extra["text_emb"] = text.text_emb
+            tokens, mask, pooled = text.text_tokens, text.text_mask, text.text_emb
         images = self.decoder.sample(
             image_emb.to(self.device),
             tokens,
             mask,
-            **extra,
+            text_emb=pooled,
             guidance_scale=scale,
             steps=steps,
             sampler=sampler,

@@ -44,6 +44,7 @@ from unclip.errors import UserError
 from unclip.models.karlo.prior import KarloPriorConfig, KarloPriorNet
 from unclip.models.karlo.text_proj import KarloTextProj, KarloTextProjConfig
 from unclip.models.karlo.unet import KarloUNet, KarloUNetConfig
+from unclip.models.prior import best_of_n
 from unclip.nn.precision import Precision, autocast, default_precision
 from unclip.sampling.samplers import Generators
 
@@ -288,11 +289,7 @@ class KarloPrior(nn.Module):
             device=device,
         )
         out = self.net.unnormalise(x.float())
-        if best_of > 1:
-            scores = (out * cond["text_emb"]).sum(-1).view(-1, best_of)
-            keep = scores.argmax(dim=1)
-            out = out.view(-1, best_of, out.shape[-1])[torch.arange(out.shape[0] // best_of), keep]
-        return out
+        return best_of_n(out, emb.to(device), num_samples_per_prompt, best_of) if best_of > 1 else out
 
 
 # ---------------------------------------------------------------------------- decoder
@@ -328,9 +325,6 @@ class KarloDecoderConfig(Config):
 
 class KarloDecoder(nn.Module):
     """Raw CLIP image embedding (+ caption) -> 64 px image, as Karlo's decoder [paper §2.1]."""
-
-    #: The pipeline passes the pooled caption embedding too (Karlo adds it to the time embedding).
-    uses_text_emb = True
 
     def __init__(self, config: KarloDecoderConfig) -> None:
         super().__init__()
