@@ -187,7 +187,7 @@ def test_evaluate_shapes_writes_report(trained, tmp_path):
         == 0
     )
     res = json.loads((out / "results.json").read_text())
-    assert set(res["zero_shot"]) == {"color", "shape", "size", "fill", "position"}
+    assert set(res["zero_shot"]) == {"color", "shape", "size", "fill", "position", "background"}
     assert 0 <= res["binding"]["binding"] <= 1 and "val" in res["retrieval"]
     assert "| color |" in (out / "results.md").read_text().replace("| color | shape", "| color |")
 

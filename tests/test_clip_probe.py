@@ -92,3 +92,34 @@ def test_probe_needs_shapes(tmp_path, data, capsys):
     args = ["train", "clip", "--data", data, "--out", str(tmp_path / "r"), "--preset", "clip-tiny-test"]
     assert main([*args, "--aux-attributes", "1"]) == 2
     assert "shapes world" in capsys.readouterr().err
+
+
+def test_background_head_learns_the_background_and_is_optional():
+    torch.manual_seed(0)
+    obj = {"shape": "square", "color": "green", "size": "small", "fill": "solid", "x": 0.5, "y": 0.5}
+    specs = [{"objects": [obj], "background": bg} for bg in ("navy", "beige", "brown")]
+    feats = torch.randn(3, 32)
+    plain = AttributeProbe(32)
+    assert plain.background_head is None
+    with pytest.raises(ValueError, match="background head"):
+        plain.background_logits(feats)
+    probe = AttributeProbe(32, background_weight=2.0)
+    opt = torch.optim.SGD(probe.background_head.parameters(), lr=0.5)
+    for _ in range(40):
+        opt.zero_grad()
+        probe.loss(feats, specs).backward()
+        opt.step()
+    pred = probe.background_logits(feats).argmax(1).tolist()
+    assert [probe.backgrounds[i] for i in pred] == ["navy", "beige", "brown"]
+
+
+def test_background_weight_cli_and_resume_rules(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["-q", "train", "clip", "--data", "shapes:16", "--out", str(run), "--preset", "clip-tiny-test"]
+    assert main([*args, "--steps", "2", "--aux-background-weight", "1"]) == 2  # needs the probe
+    assert "--aux-background-weight" in capsys.readouterr().err
+    assert main([*args, "--steps", "2", "--aux-attributes", "1", "--aux-background-weight", "1"]) == 0
+    # Turning the head off on resume changes the trained modules: refused in one line.
+    assert main([*args, "--steps", "3", "--resume", "--aux-attributes", "1"]) == 2
+    assert "--aux-background-weight" in capsys.readouterr().err
+    assert main([*args, "--steps", "3", "--resume", "--aux-attributes", "1", "--aux-background-weight", "4"]) == 0

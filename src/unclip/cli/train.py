@@ -146,6 +146,7 @@ def _run_clip(args: argparse.Namespace) -> int:
         counterfactual=not args.no_counterfactual,
         aux_weight=args.aux_attributes,
         aux_shape_weight=args.aux_shape_weight,
+        aux_background_weight=args.aux_background_weight,
         probe_first=args.probe_first,
     )
     return _report(result, out / EXPORT_DIR, "CLIP", args.stop_at)
@@ -177,6 +178,14 @@ def _add_clip(sub: argparse._SubParsersAction) -> None:
         default=1.0,
         metavar="K",
         help="weight of the probe's shape term relative to colour, size and fill (default 1)",
+    )
+    p.add_argument(
+        "--aux-background-weight",
+        type=float,
+        default=0.0,
+        metavar="K",
+        help="with --aux-attributes: also predict the background colour, weighted K relative to colour "
+        "(default 0: off; puts the background into the image embedding; see docs/clip.md)",
     )
     p.add_argument(
         "--probe-first",

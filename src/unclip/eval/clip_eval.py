@@ -138,6 +138,13 @@ def attribute_prompts(attribute: str) -> dict[str, list[str]]:
     prompts: dict[str, list[str]] = {}
     if attribute == "shape":
         return {v: [_article(w) for w in cap.SHAPE_WORDS[v]] for v in vocab.SHAPES}
+    if attribute == "background":
+        # The captioner's background phrases ("on a navy background", ", navy background").
+        return {
+            v: [f"{_article(n)} {p} a {v} background" for n in nouns for p in ("on", "against")]
+            + [f"something on a {v} background", f"{v} background"]
+            for v in vocab.BACKGROUNDS
+        }
     if attribute == "position":
         for v in vocab.POSITIONS:
             prompts[v] = [f"{_article(n)} {p}" for n in nouns for p in position_phrases(v)]
@@ -180,13 +187,17 @@ def _scenes(n: int, seed: int, **kwargs: Any) -> list[Any]:
 
 
 def shapes_zero_shot(clip: Any, n: int = 500, seed: int = 1234, render_size: int = 64) -> dict[str, float]:
-    """Zero-shot accuracy per attribute on single-object scenes (training-split combinations)."""
+    """Zero-shot accuracy per attribute on single-object scenes (training-split combinations).
+
+    Keys: the object's colour, shape, size, fill and position, and the scene's background colour.
+    """
     specs = _scenes(n, seed, split="train", num_objects=1)
     img = encode_images(clip, _render_batch(specs, render_size))
     out = {}
     for attribute in ("color", "shape", "size", "fill", "position"):
         labels = [s.objects[0].attributes()[attribute] for s in specs]
         out[attribute] = zero_shot(img, attribute_prompts(attribute), labels, clip)
+    out["background"] = zero_shot(img, attribute_prompts("background"), [s.background for s in specs], clip)
     return out
 
 

@@ -53,9 +53,14 @@ class AttributeProbe(nn.Module):
     For each of the shapes world's 3x3 cells, a linear map of the image tower's output (the
     unnormalised embedding, (B, D)) classifies the object there: shape, colour, size and fill,
     each with an extra "empty" class. It is thrown away after training; only the CLIP is exported.
+
+    With ``background_weight`` > 0 a second linear head names the scene's background colour. The
+    contrastive loss alone leaves the background out of the embedding (captions name it 20 % of
+    the time and counterfactual pairs share it), and the decoder can only paint what the
+    embedding carries (docs/clip.md, "Background").
     """
 
-    def __init__(self, embed_dim: int, shape_weight: float = 1.0) -> None:
+    def __init__(self, embed_dim: int, shape_weight: float = 1.0, background_weight: float = 0.0) -> None:
         super().__init__()
         from unclip.data.shapes import vocab
 
@@ -65,6 +70,11 @@ class AttributeProbe(nn.Module):
         self.values = {a: list(getattr(vocab, a.upper() + "S")) for a in GRID_ATTRIBUTES}
         self.cells = list(vocab.POSITIONS)
         self.head = nn.Linear(embed_dim, len(self.cells) * sum(len(v) + 1 for v in self.values.values()))
+        self.backgrounds = list(vocab.BACKGROUNDS)
+        self.background_weight = background_weight
+        # Only built when used, so runs without it keep their checkpoints' module layout.
+        head = nn.Linear(embed_dim, len(self.backgrounds)) if background_weight > 0 else None
+        self.register_module("background_head", head)
 
     def targets(self, specs: Sequence[dict[str, Any]]) -> torch.Tensor:
         """(B, 9, A) class indices (0 = empty cell) from scene specs."""
@@ -84,23 +94,39 @@ class AttributeProbe(nn.Module):
         sizes = [len(v) + 1 for v in self.values.values()]
         return dict(zip(self.values, flat.split(sizes, dim=-1)))
 
+    def background_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Features (B, D) -> (B, backgrounds) logits (needs ``background_weight`` > 0)."""
+        if self.background_head is None:
+            raise ValueError("this probe has no background head (background_weight 0)")
+        return self.background_head(features.float())
+
     def loss(self, features: torch.Tensor, specs: Sequence[dict[str, Any]]) -> torch.Tensor:
-        """Cross-entropy averaged over cells, weighted-averaged over attributes; features (B, D)."""
+        """Cross-entropy averaged over cells, weighted-averaged over attributes; features (B, D).
+
+        The background term (when on) is one more attribute in the weighted average.
+        """
         target = self.targets(specs).to(features.device)
         total = features.new_zeros((), dtype=torch.float32)
         for a, (name, chunk) in enumerate(self.logits(features).items()):
             ce = F.cross_entropy(chunk.reshape(-1, chunk.shape[-1]), target[..., a].reshape(-1))
             total = total + self.weights[name] * ce
-        return total / sum(self.weights.values())
+        norm = sum(self.weights.values())
+        if self.background_head is not None:
+            bg = torch.tensor([self.backgrounds.index(s["background"]) for s in specs], device=features.device)
+            total = total + self.background_weight * F.cross_entropy(self.background_logits(features), bg)
+            norm += self.background_weight
+        return total / norm
 
 
 class ClipWithProbe(nn.Module):
     """A CLIP plus its :class:`AttributeProbe` (what the trainer optimises with ``aux_weight``)."""
 
-    def __init__(self, clip: ClipModel, aux_weight: float, shape_weight: float = 1.0) -> None:
+    def __init__(
+        self, clip: ClipModel, aux_weight: float, shape_weight: float = 1.0, background_weight: float = 0.0
+    ) -> None:
         super().__init__()
         self.clip = clip
-        self.probe = AttributeProbe(clip.embed_dim, shape_weight)
+        self.probe = AttributeProbe(clip.embed_dim, shape_weight, background_weight)
         self.aux_weight = aux_weight
 
 
@@ -219,6 +245,7 @@ def _check_run(run_dir: Path, record: dict[str, Any]) -> None:
         return
     saved = json.loads(path.read_text())
     saved.setdefault("aux_weight", 0.0)  # runs from before the attribute probe
+    saved.setdefault("aux_background_weight", 0.0)  # runs from before its background head
     for key in ("stage", "model", "data", "counterfactual"):
         if saved.get(key) != record.get(key):
             raise UserError(
@@ -234,7 +261,13 @@ def _check_run(run_dir: Path, record: dict[str, Any]) -> None:
             if saved["aux_weight"] > 0
             else f"{run_dir} was trained without --aux-attributes"
         )
-    for key in ("aux_weight", "aux_shape_weight", "probe_first"):
+    saved_bg, bg = saved["aux_background_weight"], record["aux_background_weight"]
+    if (saved_bg > 0) != (bg > 0):
+        raise UserError(
+            f"{run_dir} was trained with --aux-background-weight {saved_bg}; resume with the probe's "
+            "background head on or off as it was"
+        )
+    for key in ("aux_weight", "aux_shape_weight", "aux_background_weight", "probe_first"):
         if saved.get(key, 1.0) != record.get(key, 1.0):
             logger.info("resuming with %s %s (was %s)", key, record.get(key), saved.get(key, 1.0))
     fixed = ("batch_size", "grad_accum", "seed")
@@ -259,6 +292,7 @@ def train_clip(
     counterfactual: bool = True,
     aux_weight: float = 0.0,
     aux_shape_weight: float = 1.0,
+    aux_background_weight: float = 0.0,
     probe_first: int = 0,
 ) -> TrainResult:
     """Train a CLIP on ``data`` into ``run_dir``.
@@ -279,6 +313,7 @@ def train_clip(
         aux_weight: shapes world only: weight of the :class:`AttributeProbe` loss added to
             InfoNCE (0: plain CLIP). The probe is not exported.
         aux_shape_weight: weight of the probe's shape term relative to colour, size and fill.
+        aux_background_weight: weight of a background-colour term in the probe (0: none).
         probe_first: train the image tower with the probe loss alone for this many steps, then
             add InfoNCE (a supervised warm start that puts shape into the tower before the
             contrastive loss can crowd it out; docs/clip.md). Needs ``aux_weight`` > 0.
@@ -291,6 +326,8 @@ def train_clip(
     is_shapes = describe_data(data) == "shapes"
     if aux_weight < 0 or aux_shape_weight <= 0 or (aux_weight > 0 and not is_shapes):
         raise UserError("--aux-attributes needs the shapes world (it reads scene specs) and a weight >= 0")
+    if aux_background_weight < 0 or (aux_background_weight > 0 and aux_weight <= 0):
+        raise UserError("--aux-background-weight needs --aux-attributes > 0 and a weight >= 0")
     if probe_first < 0 or (probe_first > 0 and aux_weight <= 0):
         raise UserError("--probe-first needs --aux-attributes > 0 and a step count >= 0")
     record = {
@@ -301,6 +338,7 @@ def train_clip(
         "counterfactual": counterfactual and is_shapes,
         "aux_weight": aux_weight,
         "aux_shape_weight": aux_shape_weight,
+        "aux_background_weight": aux_background_weight,
         "probe_first": probe_first,
     }
     has_state = (run_dir / "state.pt").is_file()
@@ -326,7 +364,7 @@ def train_clip(
         tokenizer = build_tokenizer(model_config, data, run_dir, train_config.seed)
     model: nn.Module = ClipModel(model_config, tokenizer)
     if aux_weight > 0:
-        model = ClipWithProbe(model, aux_weight, aux_shape_weight)  # type: ignore[arg-type]
+        model = ClipWithProbe(model, aux_weight, aux_shape_weight, aux_background_weight)  # type: ignore[arg-type]
     if is_shapes and counterfactual:
         size = parse_size(data, model_config.vision.image_size)
         stream: Any = ShapesBatches(
