@@ -122,4 +122,7 @@ def test_background_weight_cli_and_resume_rules(tmp_path, capsys):
     # Turning the head off on resume changes the trained modules: refused in one line.
     assert main([*args, "--steps", "3", "--resume", "--aux-attributes", "1"]) == 2
     assert "--aux-background-weight" in capsys.readouterr().err
-    assert main([*args, "--steps", "3", "--resume", "--aux-attributes", "1", "--aux-background-weight", "4"]) == 0
+    assert (
+        main([*args, "--steps", "3", "--resume", "--aux-attributes", "1", "--aux-background-weight", "4"])
+        == 0
+    )

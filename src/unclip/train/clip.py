@@ -112,7 +112,9 @@ class AttributeProbe(nn.Module):
             total = total + self.weights[name] * ce
         norm = sum(self.weights.values())
         if self.background_head is not None:
-            bg = torch.tensor([self.backgrounds.index(s["background"]) for s in specs], device=features.device)
+            bg = torch.tensor(
+                [self.backgrounds.index(s["background"]) for s in specs], device=features.device
+            )
             total = total + self.background_weight * F.cross_entropy(self.background_logits(features), bg)
             norm += self.background_weight
         return total / norm
