@@ -85,6 +85,11 @@ def test_degradations():
     j = jpeg(x, torch.tensor([90, 90, 30, 30]))
     assert j.shape == x.shape and (j - x).abs().mean() < 0.5
     assert torch.equal(degrade(x, "none"), x)
+    # The configured sigma range reaches the blur: a range at 0 is the identity, a wide one is not.
+    torch.testing.assert_close(degrade(x, "blur", g, blur_sigma=(0.0, 0.0)), x)
+    weak = degrade(x, "blur", torch.Generator().manual_seed(2), blur_sigma=(0.1, 0.2))
+    strong = degrade(x, "blur", torch.Generator().manual_seed(2), blur_sigma=(1.0, 1.5))
+    assert (weak - x).abs().mean() < 0.5 * (strong - x).abs().mean()
     with pytest.raises(ValueError, match="unknown degradation"):
         degrade(x, "sharpen")  # type: ignore[arg-type]
 

@@ -116,12 +116,17 @@ def degrade_bsr(x: torch.Tensor, generator: torch.Generator | None = None) -> to
     return x.clamp(-1.0, 1.0)
 
 
-def degrade(x: torch.Tensor, kind: Degradation, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Apply the named corruption: "none", "blur" (first stage) or "bsr" (second stage)."""
+def degrade(
+    x: torch.Tensor,
+    kind: Degradation,
+    generator: torch.Generator | None = None,
+    blur_sigma: tuple[float, float] = (0.4, 0.8),
+) -> torch.Tensor:
+    """Apply the named corruption: "none", "blur" (first stage, sigma ~ U(blur_sigma)) or "bsr"."""
     if kind == "none":
         return x
     if kind == "blur":
-        return degrade_blur(x, generator)
+        return degrade_blur(x, generator, tuple(blur_sigma))  # type: ignore[arg-type]
     if kind == "bsr":
         return degrade_bsr(x, generator)
     raise ValueError(f"unknown degradation {kind!r}; choose none, blur or bsr")

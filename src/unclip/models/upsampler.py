@@ -49,6 +49,9 @@ class UpsamplerConfig(Config):
         crop_fraction: training crop side as a fraction of the target side (paper: 0.25).
         resize: filter that brings the low-res image to the output size.
         degradation: training corruption of the low-res image ("blur", "bsr" or "none").
+        blur_sigma: with "blur": the per-sample Gaussian sigma range in low-res pixels (SR3 and the
+            paper: about 0.6). A range from 0 also shows the model clean inputs, which keeps it
+            from sharpening inputs that are already sharp (docs/decoder.md, "Upsampler").
         noise_aug_max: largest training noise-augmentation level, as a fraction of T.
         residual_scale: None diffuses the image itself (the paper); a number s diffuses
             (image - resized low-res) / s instead, so the network only has to add the missing
@@ -71,6 +74,7 @@ class UpsamplerConfig(Config):
     crop_fraction: float = 0.25
     resize: Resize = "bicubic"
     degradation: Degradation = "blur"
+    blur_sigma: tuple[float, float] = (0.4, 0.8)
     noise_aug_max: float = 0.3
     residual_scale: float | None = None
     schedule: str = "cosine"
@@ -94,6 +98,8 @@ class UpsamplerConfig(Config):
                 f"crop side {self.crop_size} and target side {self.target_size} must be multiples of "
                 f"{self.unet.downsample_factor} (2^(levels-1))"
             )
+        if len(self.blur_sigma) != 2 or not 0.0 <= self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError("blur_sigma must be [low, high] with 0 <= low <= high")
         if not 0.0 <= self.noise_aug_max < 1.0:
             raise ValueError("noise_aug_max must be in [0, 1)")
         if self.residual_scale is not None and self.residual_scale <= 0:

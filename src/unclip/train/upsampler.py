@@ -75,7 +75,9 @@ class CropBatches:
         if lo is None:
             lo = F.interpolate(hi, size=cfg.low_res_size, mode="area")
         # The corruption hits the low-res image itself, before resizing (paper App. C).
-        cond = self.model.resize(degrade(lo.float(), cfg.degradation), cfg.target_size)
+        cond = self.model.resize(
+            degrade(lo.float(), cfg.degradation, blur_sigma=cfg.blur_sigma), cfg.target_size
+        )
         n, c, s = hi.shape[0], cfg.crop_size, cfg.target_size
         # Random crop offsets from the global RNG (captured in checkpoints, so resumes replay them).
         ys = torch.randint(0, s - c + 1, (n * self.k,))
