@@ -126,3 +126,66 @@ def test_background_weight_cli_and_resume_rules(tmp_path, capsys):
         main([*args, "--steps", "3", "--resume", "--aux-attributes", "1", "--aux-background-weight", "4"])
         == 0
     )
+
+
+def test_global_color_path_starts_at_zero_and_fine_tunes_from_a_run_without_it(tmp_path):
+    from unclip.clip.config import ClipConfig
+    from unclip.clip.model import ClipModel
+
+    torch.manual_seed(0)
+    base = ClipConfig.from_dict(
+        {"embed_dim": 16, "vision": {"arch": "resnet", "image_size": 16, "width": 8, "layers": 1, "heads": 2}}
+    )
+    colored = ClipConfig.from_dict(
+        {**base.to_dict(), "vision": {**base.to_dict()["vision"], "global_color": True}}
+    )
+    a, b = ClipModel(base), ClipModel(colored)
+    missing, unexpected = b.load_state_dict(a.state_dict(), strict=False)
+    assert sorted(missing) == ["visual.global_color.bias", "visual.global_color.weight"] and not unexpected
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    torch.testing.assert_close(b.encode_image(x, preprocessed=True), a.encode_image(x, preprocessed=True))
+    # Two flat images that differ only in colour: the path sees them once it has weights.
+    with torch.no_grad():
+        b.visual.global_color.weight.normal_()
+    flat = torch.stack([torch.full((3, 16, 16), -0.5), torch.full((3, 16, 16), 0.5)])
+    ea, eb = a.encode_image(flat, preprocessed=True), b.encode_image(flat, preprocessed=True)
+    assert (eb[0] - eb[1]).abs().max() > 3 * (ea[0] - ea[1]).abs().max()
+    with pytest.raises(ValueError, match="resnet"):
+        ClipConfig.from_dict({"vision": {"arch": "vit", "global_color": True}})
+
+    # --init-from a run without the path: strict for every other key, the new path starts at zero.
+    import json
+
+    from unclip.presets import get_preset
+
+    recipe = get_preset("clip-tiny-test")
+    recipe["model"]["vision"] = {"arch": "resnet", "image_size": 16, "width": 8, "layers": 1, "heads": 2}
+    (tmp_path / "plain.json").write_text(json.dumps(recipe))
+    recipe["model"]["vision"]["global_color"] = True
+    (tmp_path / "color.json").write_text(json.dumps(recipe))
+    args = ["-q", "train", "clip", "--data", "shapes:16", "--steps", "2"]
+    assert main([*args, "--config", str(tmp_path / "plain.json"), "--out", str(tmp_path / "a")]) == 0
+    ft = [*args, "--config", str(tmp_path / "color.json"), "--init-from", str(tmp_path / "a" / "clip")]
+    assert (
+        main([*ft, "--out", str(tmp_path / "b"), "--aux-attributes", "1", "--aux-background-weight", "2"])
+        == 0
+    )
+    from unclip.clip import load_encoder
+
+    tuned = load_encoder(tmp_path / "b" / "clip")
+    assert tuned.visual.global_color.weight.abs().sum() > 0  # trained from its zeros
+    # The reverse (a checkpoint with the path into a model without it) stays an error.
+    assert (
+        main(
+            [
+                *args,
+                "--config",
+                str(tmp_path / "plain.json"),
+                "--init-from",
+                str(tmp_path / "b" / "clip"),
+                "--out",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 2
+    )

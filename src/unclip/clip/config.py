@@ -37,6 +37,10 @@ class VisionConfig(Config):
             before a smaller patch embedding; Xiao et al. 2021, "Early convolutions help
             transformers see better": more local detail for the same tokens, for little compute).
         stem_channels: channels of the convolutional stem's second convolution.
+        global_color: resnet only: add a linear map of the image's per-channel pixel mean and
+            standard deviation to the pooled features (zero-initialised). The stem's GroupNorm
+            subtracts each image's mean, which leaves plain backgrounds nearly invisible to the
+            tower (docs/clip.md, "Background").
     """
 
     image_size: int = 64
@@ -49,8 +53,11 @@ class VisionConfig(Config):
     pool: Literal["cls", "attn"] = "cls"
     stem: Literal["patch", "conv"] = "patch"
     stem_channels: int = 64
+    global_color: bool = False
 
     def __post_init__(self) -> None:
+        if self.global_color and self.arch != "resnet":
+            raise ValueError("global_color is a resnet-tower option")
         if self.arch == "resnet":
             if self.image_size % 8:
                 raise ValueError(f"a resnet tower needs an image_size divisible by 8, got {self.image_size}")

@@ -88,6 +88,14 @@ class ResNetTower(nn.Module):
         self.ln_post = LayerNorm32(c)
         self.proj = nn.Linear(c, embed_dim, bias=False)
         nn.init.normal_(self.proj.weight, std=c**-0.5)
+        # Per-channel pixel mean and std -> pooled features; zero at init, so a tower fine-tuned
+        # with it (``--init-from`` a run without it) starts exactly where that run ended.
+        # (A plain None, not a registered empty module: that would silently swallow its keys.)
+        self.global_color: nn.Linear | None = None
+        if cfg.global_color:
+            self.global_color = nn.Linear(6, c)
+            nn.init.zeros_(self.global_color.weight)
+            nn.init.zeros_(self.global_color.bias)
         for m in self.modules():
             if isinstance(m, ResBlock):
                 nn.init.zeros_(m.body[-1].weight)  # each block starts as the identity
@@ -98,4 +106,11 @@ class ResNetTower(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # (B, N, C)
         x = torch.cat([x.mean(1, keepdim=True), x], dim=1) + self.pos_emb.to(x.dtype)
         pooled = self.pool_attn(x[:, :1], context=x)[:, 0]
+        if self.global_color is not None:
+            stats = torch.cat([pixels.mean(dim=(2, 3)), pixels.std(dim=(2, 3))], dim=1)  # (B, 6)
+            pooled = pooled + self.global_color(stats.to(pooled.dtype))
         return self.proj(self.ln_post(pooled))
+
+    def new_zero_init_keys(self) -> list[str]:
+        """Parameters that start at zero and may be absent from an ``--init-from`` checkpoint."""
+        return ["global_color.weight", "global_color.bias"] if self.global_color is not None else []

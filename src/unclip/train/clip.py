@@ -73,8 +73,9 @@ class AttributeProbe(nn.Module):
         self.backgrounds = list(vocab.BACKGROUNDS)
         self.background_weight = background_weight
         # Only built when used, so runs without it keep their checkpoints' module layout.
-        head = nn.Linear(embed_dim, len(self.backgrounds)) if background_weight > 0 else None
-        self.register_module("background_head", head)
+        self.background_head: nn.Linear | None = None
+        if background_weight > 0:
+            self.background_head = nn.Linear(embed_dim, len(self.backgrounds))
 
     def targets(self, specs: Sequence[dict[str, Any]]) -> torch.Tensor:
         """(B, 9, A) class indices (0 = empty cell) from scene specs."""

@@ -299,8 +299,19 @@ class Trainer:
         header = read_component_header(directory)
         state = load_state_dict(directory / header.get("weights", WEIGHTS_FILE))
         target = self.init_target(self.model) if self.init_target is not None else self.model
-        try:  # strict: every key and shape must match (copy_ converts the dtype)
-            target.load_state_dict(state)
+        # Strict, except for parameters a module adds zero-initialised on top of an older model
+        # (``new_zero_init_keys``): those may be missing and keep their zeros.
+        optional = {
+            f"{name}.{key}" if name else key
+            for name, module in target.named_modules()
+            if hasattr(module, "new_zero_init_keys")
+            for key in module.new_zero_init_keys()
+        }
+        try:  # every other key and shape must match (copy_ converts the dtype)
+            missing, unexpected = target.load_state_dict(state, strict=False)
+            bad = [k for k in missing if k not in optional]
+            if bad or unexpected:
+                raise RuntimeError(f"missing keys {bad[:5]}, unexpected keys {list(unexpected)[:5]}")
         except RuntimeError as e:
             reason = " ".join(str(e).split())[:300]
             raise CheckpointError(
