@@ -163,7 +163,7 @@ def markdown_report(r: dict[str, Any]) -> str:
         "",
         f"Decoder at {r['resolution']} px (upsamplers skipped: {r['upsamplers_skipped']}; the oracle reads "
         f"clean {r['resolution']} px renders almost exactly, see the real-renders row; upsamplers see only the "
-        f"low-resolution image), DDIM {st['decoder_steps']} steps, "
+        f"low-resolution image), decoder sampler {st.get('decoder_sampler', 'ddim')} with {st['decoder_steps']} steps, "
         f"decoder guidance {st['decoder_scale']:g}, prior settings: the model's defaults. "
         f"Every system sees the same prompts and the same decoder x_T. "
         f"GLIDE-like = the same decoder in caption-only mode (null image embedding), not a separate model. "

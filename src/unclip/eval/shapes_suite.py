@@ -190,6 +190,8 @@ class Generator:
         if s.decoder_steps:
             self.steps = min(s.decoder_steps, self.steps) if s.mode == "quick" else s.decoder_steps
         self.scale = pipe.defaults.decoder_guidance_scale
+        # The model's own decoder sampler, as `unclip generate` uses it (the steps section varies it).
+        self.sampler = pipe.defaults.decoder_sampler
         self._text: dict[str, Any] = {}
         self._emb: dict[tuple, torch.Tensor] = {}
         self.images_made = 0
@@ -268,9 +270,9 @@ class Generator:
         decoder_scale: float | None = None,
         prior_scale: float | None = None,
         steps: int | None = None,
-        sampler: str = "ddim",
+        sampler: str | None = None,
     ) -> torch.Tensor:
-        """(N, 3, S, S) images in [-1, 1] at the decoder's resolution."""
+        """(N, 3, S, S) images in [-1, 1] at the decoder's resolution (sampler None: the model's)."""
         from unclip.progress import progress
 
         emb = self.image_emb(system, tag, prompts, prior_scale)
@@ -293,7 +295,7 @@ class Generator:
                     text_emb=pooled,
                     guidance_scale=self.scale if decoder_scale is None else decoder_scale,
                     steps=steps or self.steps,
-                    sampler=sampler,
+                    sampler=sampler or self.sampler,
                     generator=gen,
                     x_T=x_T[sl],
                 ).cpu()
@@ -483,7 +485,12 @@ def evaluate_model(
         "suite": "shapes",
         "model": str(model),
         "seed": seed,
-        "settings": dataclasses.asdict(s) | {"decoder_steps": ctx.gen.steps, "decoder_scale": ctx.gen.scale},
+        "settings": dataclasses.asdict(s)
+        | {
+            "decoder_steps": ctx.gen.steps,
+            "decoder_scale": ctx.gen.scale,
+            "decoder_sampler": ctx.gen.sampler,
+        },
         "model_defaults": dataclasses.asdict(pipe.defaults)
         if dataclasses.is_dataclass(pipe.defaults)
         else {},
