@@ -140,3 +140,25 @@ def test_model_suite_needs_out(tmp_path: Path, capsys: pytest.CaptureFixture[str
     rc = main(["evaluate", "--model", str(tmp_path), "--suite", "shapes"])
     assert rc == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_suite_samples_with_the_models_own_decoder_sampler(tmp_path: Path) -> None:
+    """The suite measures what `unclip generate` makes: the model's decoder_sampler, not always DDIM."""
+    import dataclasses
+
+    import torch
+
+    from unclip.eval.shapes_suite import Generator, Settings
+    from unclip.pipeline import UnCLIPPipeline
+
+    pipe = UnCLIPPipeline.from_pretrained(
+        make_tiny_model(tmp_path / "m", with_ar=False, with_upsampler=False)
+    )
+    pipe.defaults = dataclasses.replace(pipe.defaults, decoder_sampler="dpmpp_2m")
+    gen = Generator(pipe, Settings(mode="quick", seed=0))
+    assert gen.sampler == "dpmpp_2m"
+    prompts = ["a red circle", "a blue star"]
+    system = gen.systems()[0]
+    default = gen.generate(system, "single", prompts)
+    assert torch.equal(default, gen.generate(system, "single", prompts, sampler="dpmpp_2m"))
+    assert not torch.equal(default, gen.generate(system, "single", prompts, sampler="ddim"))
