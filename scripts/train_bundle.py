@@ -1,6 +1,6 @@
 """Retrain a shipped bundle from scratch, stage by stage, resumable (docs/bundles.md).
 
-    python scripts/train_bundle.py shapes --out runs/bundle-shapes          # about 2 h on 2 cores
+    python scripts/train_bundle.py shapes --out runs/bundle-shapes          # about 4 h on 2 cores
     python scripts/train_bundle.py emoji --out runs/bundle-emoji            # needs the emoji sources
     python scripts/train_bundle.py shapes --out runs/bundle-shapes --dry-run
 
@@ -8,9 +8,11 @@ Each stage is one ``unclip`` command whose ``--out`` is a run directory under ``
 two lanes, one per core (``OMP_NUM_THREADS=1`` each), and a stage starts when the stages it needs
 are done:
 
-    lane 1: clip -> clip_b ---------------> decoder
-    lane 2: upsampler -> (clip_b) -> embed -> prior -> prior_ar
-    then:   assemble (bf16 model directory) -> evaluate --quick
+    shapes, lane 1: clip -> clip_b -> clip_j -> clip_k -> clip_l -> clip_n -> embed -> prior -> prior_ar
+                    -> upsampler -> upsampler_ft -> upsampler_ft2
+            lane 2: (clip_b) decoder -> decoder_ft -> (clip_k) decoder_k -> (clip_n) decoder_n
+    emoji:  see RECIPES
+    then:   assemble (bf16 model directory, components named by FINAL) -> evaluate --quick
 
 When one lane has nothing left to do while the other is still training, the running stage is
 stopped at its next step (SIGTERM: it saves a checkpoint) and resumed with two threads, so the
@@ -37,8 +39,8 @@ from pathlib import Path
 #: Stage recipes per bundle: (name, lane, needs, argv after ``unclip -q``). ``{out}`` is --out.
 RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
     "shapes": [
-        # CLIP: the attribute probe alone for 500 steps, then InfoNCE + probe; the probe's shape
-        # weight rises from 3 to 6 at step 1018 because shape was slipping (docs/clip.md, run H).
+        # CLIP run H: the attribute probe alone for 500 steps, then InfoNCE + probe; the probe's
+        # shape weight rises from 3 to 6 at step 1018 because shape was slipping (docs/clip.md).
         (
             "clip", 1, (),
             ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
@@ -50,37 +52,88 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
             ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
              "--aux-shape-weight", "6", "--probe-first", "500", "--steps", "1800", "--out", "{out}/clip"],
         ),
+        # Runs J, K, L: fine-tunes of run H at rising shape weights (zero-shot shape 60 -> 96 %).
         (
-            "upsampler", 2, (),
+            "clip_j", 1, ("clip_b",),
+            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
+             "--init-from", "{out}/clip/clip", "--aux-shape-weight", "6", "--steps", "1500", "--lr", "3e-4",
+             "--warmup", "50", "--seed", "1", "--out", "{out}/clip_j"],
+        ),
+        (
+            "clip_k", 1, ("clip_j",),
+            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
+             "--init-from", "{out}/clip_j/clip", "--aux-shape-weight", "12", "--steps", "1500", "--lr", "3e-4",
+             "--warmup", "50", "--seed", "2", "--out", "{out}/clip_k"],
+        ),
+        (
+            "clip_l", 1, ("clip_k",),
+            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
+             "--init-from", "{out}/clip_k/clip", "--aux-shape-weight", "20", "--steps", "1200", "--lr", "2e-4",
+             "--warmup", "50", "--seed", "3", "--out", "{out}/clip_l"],
+        ),
+        # Run N: the global-colour path and a background probe term put the background into the
+        # image embedding (linear probe 34 -> 97 %, docs/clip.md "Background"). The bundle's CLIP.
+        (
+            "clip_n", 1, ("clip_l",),
+            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet-color", "--aux-attributes", "1",
+             "--init-from", "{out}/clip_l/clip", "--aux-shape-weight", "20", "--aux-background-weight", "5",
+             "--steps", "600", "--lr", "2e-4", "--warmup", "50", "--seed", "4", "--out", "{out}/clip_n"],
+        ),
+        (
+            "embed", 1, ("clip_n",),
+            ["embed", "--clip", "{out}/clip_n/clip", "--data", "shapes", "--limit", "50000", "--out", "{out}/embed"],
+        ),
+        (
+            "prior", 1, ("embed",),
+            ["train", "prior", "--kind", "diffusion", "--data", "{out}/embed",
+             "--preset", "prior-diffusion-shapes-bundle", "--out", "{out}/prior"],
+        ),
+        (
+            "prior_ar", 1, ("embed",),
+            ["train", "prior", "--kind", "ar", "--data", "{out}/embed", "--preset", "prior-ar-shapes-bundle",
+             "--out", "{out}/prior_ar"],
+        ),
+        # The upsampler: the paper's blur corruption, then a second phase with a blur range from 0
+        # (it had learnt to sharpen inputs that were already sharp; docs/decoder.md).
+        (
+            "upsampler", 1, (),
             ["train", "upsampler", "--data", "shapes", "--preset", "upsampler-32-128", "--steps", "1500",
              "--out", "{out}/upsampler"],
         ),
         (
-            "embed", 2, ("clip_b",),
-            ["embed", "--clip", "{out}/clip/clip", "--data", "shapes", "--limit", "50000", "--out", "{out}/embed"],
+            "upsampler_ft", 1, ("upsampler",),
+            ["train", "upsampler", "--data", "shapes", "--preset", "upsampler-32-128-sharp",
+             "--init-from", "{out}/upsampler/upsampler", "--out", "{out}/upsampler_ft"],
         ),
         (
-            "decoder", 1, ("clip_b",),
+            "upsampler_ft2", 1, ("upsampler_ft",),
+            ["train", "upsampler", "--data", "shapes", "--preset", "upsampler-32-128-sharp", "--steps", "1200",
+             "--lr", "3e-4", "--init-from", "{out}/upsampler_ft/upsampler", "--out", "{out}/upsampler_ft2"],
+        ),
+        # The decoder follows its CLIP: 3,000 + 5,200 steps on run H's embeddings, 2,000 on run K's,
+        # then 2,500 on run N's, each phase a fresh schedule from the last one's weights.
+        (
+            "decoder", 2, ("clip_b",),
             ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip/clip", "--preset", "decoder-shapes",
              "--steps", "3000", "--out", "{out}/decoder"],
         ),
-        # The decoder's second phase (docs/bundles.md): a fresh schedule from the first phase's
-        # weights; position, colour and shape were still improving at step 3000.
         (
-            "decoder_ft", 1, ("decoder",),
+            "decoder_ft", 2, ("decoder",),
             ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip/clip", "--preset", "decoder-shapes",
              "--steps", "5200", "--lr", "5e-4", "--warmup", "100", "--sample-every", "500",
              "--init-from", "{out}/decoder/decoder", "--out", "{out}/decoder_ft"],
         ),
         (
-            "prior", 2, ("embed",),
-            ["train", "prior", "--kind", "diffusion", "--data", "{out}/embed",
-             "--preset", "prior-diffusion-shapes-bundle", "--out", "{out}/prior"],
+            "decoder_k", 2, ("decoder_ft", "clip_k"),
+            ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip_k/clip", "--preset", "decoder-shapes",
+             "--steps", "2000", "--lr", "5e-4", "--warmup", "100", "--sample-every", "500",
+             "--init-from", "{out}/decoder_ft/decoder", "--out", "{out}/decoder_k"],
         ),
         (
-            "prior_ar", 2, ("embed",),
-            ["train", "prior", "--kind", "ar", "--data", "{out}/embed", "--preset", "prior-ar-shapes-bundle",
-             "--out", "{out}/prior_ar"],
+            "decoder_n", 2, ("decoder_k", "clip_n"),
+            ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip_n/clip", "--preset", "decoder-shapes",
+             "--steps", "2500", "--lr", "5e-4", "--warmup", "100", "--sample-every", "500",
+             "--init-from", "{out}/decoder_k/decoder", "--out", "{out}/decoder_n"],
         ),
     ],
     # The emoji corpus at 64 px (OpenMoji held out as an unseen style). MiniLM-locked CLIP (the
@@ -133,6 +186,13 @@ DEFAULTS = {
     "shapes": {"decoder_steps": 20, "decoder_sampler": "dpmpp_2m", "upsampler_steps": [6]},
     "emoji": {"decoder_steps": 25, "upsampler_steps": [6]},
 }
+#: The stage whose run directory provides each component of the assembled model.
+FINAL = {
+    "shapes": {"clip": "clip_n", "decoder": "decoder_n", "prior": "prior", "prior_ar": "prior_ar",
+               "upsampler": "upsampler_ft2"},
+    "emoji": {"clip": "clip", "decoder": "decoder", "prior": "prior", "prior_ar": "prior_ar",
+              "upsampler": "upsampler"},
+}  # fmt: skip
 #: The quick evaluation that ends each recipe (after ``evaluate --model OUT/model``).
 EVALS = {
     "shapes": ["--suite", "shapes", "--quick"],
@@ -280,13 +340,14 @@ class Runner:
 
 
 def assemble(out: Path, bundle: str) -> Path:
-    """The bf16 model directory ``OUT/model`` from the finished stages."""
+    """The bf16 model directory ``OUT/model`` from the finished stages (see :data:`FINAL`)."""
     model = out / "model"
-    decoder = out / ("decoder_ft" if any(s[0] == "decoder_ft" for s in RECIPES[bundle]) else "decoder")
+    stages = {name: Stage(name, lane, needs, argv) for name, lane, needs, argv in RECIPES[bundle]}
+    src = {part: str(stages[stage].run_dir(out)) for part, stage in FINAL[bundle].items()}
     cmd = [
         sys.executable, str(Path(__file__).with_name("assemble_model.py")), "--out", str(model),
-        "--clip", str(out / "clip"), "--decoder", str(decoder), "--prior", str(out / "prior"),
-        "--prior-ar", str(out / "prior_ar"), "--upsampler", str(out / "upsampler"), "--dtype", "bf16",
+        "--clip", src["clip"], "--decoder", src["decoder"], "--prior", src["prior"],
+        "--prior-ar", src["prior_ar"], "--upsampler", src["upsampler"], "--dtype", "bf16",
         "--defaults", json.dumps(DEFAULTS[bundle]),
     ]  # fmt: skip
     subprocess.check_call(cmd)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_bundle.py"
+SHAPES_STAGES = [
+    "clip", "clip_b", "clip_j", "clip_k", "clip_l", "clip_n", "embed", "prior", "prior_ar",
+    "upsampler", "upsampler_ft", "upsampler_ft2", "decoder", "decoder_ft", "decoder_k", "decoder_n",
+]  # fmt: skip
 
 
 def dry_run(out: Path) -> list[str]:
@@ -17,13 +22,48 @@ def dry_run(out: Path) -> list[str]:
     return [line.split("] ", 1)[1] for line in res.stdout.splitlines()]
 
 
+def load_script():
+    spec = importlib.util.spec_from_file_location("train_bundle", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_bundle"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_dry_run_lists_every_stage_in_dependency_order(tmp_path):
     lines = dry_run(tmp_path)
-    names = [line.split(" ", 1)[0] for line in lines]
-    assert names == ["clip", "clip_b", "upsampler", "embed", "decoder", "decoder_ft", "prior", "prior_ar"]
+    assert [line.split(" ", 1)[0] for line in lines] == SHAPES_STAGES
     assert all("--resume" not in line for line in lines)
-    decoder = next(line for line in lines if line.startswith("decoder"))
-    assert f"--clip {tmp_path}/clip/clip" in decoder and "--preset decoder-shapes" in decoder
+    decoder = next(line for line in lines if line.startswith("decoder_n"))
+    assert f"--clip {tmp_path}/clip_n/clip" in decoder and "--preset decoder-shapes" in decoder
+    assert f"--init-from {tmp_path}/decoder_k/decoder" in decoder
+
+
+def test_every_input_a_stage_reads_is_made_by_a_stage_it_needs():
+    """--init-from, --clip and --data paths under OUT come from a (transitively) needed stage."""
+    tb = load_script()
+    out = Path("/OUT")
+    for bundle, recipe in tb.RECIPES.items():
+        stages = {name: tb.Stage(name, lane, needs, argv) for name, lane, needs, argv in recipe}
+
+        def upstream(name: str) -> set[str]:
+            found = set(stages[name].needs)
+            for n in stages[name].needs:
+                found |= upstream(n)
+            return found
+
+        for name, stage in stages.items():
+            assert all(list(stages).index(n) < list(stages).index(name) for n in stage.needs)
+            for flag in ("--init-from", "--clip", "--data"):
+                if flag not in stage.argv:
+                    continue
+                path = Path(stage.argv[stage.argv.index(flag) + 1].format(out=out))
+                if out not in path.parents:
+                    continue  # a dataset name such as "shapes"
+                makers = {n for n, s in stages.items() if s.run_dir(out) in (path, *path.parents)}
+                assert makers & upstream(name), f"{bundle}/{name}: {flag} {path} is made by {makers}"
+        # The assembled model takes each component from a stage of the recipe.
+        assert set(tb.FINAL[bundle].values()) <= set(stages)
 
 
 def test_finished_stages_are_skipped_and_interrupted_ones_resumed(tmp_path):
@@ -32,7 +72,6 @@ def test_finished_stages_are_skipped_and_interrupted_ones_resumed(tmp_path):
         (tmp_path / run).mkdir()
         (tmp_path / run / "state.pt").touch()
     lines = dry_run(tmp_path)
-    names = ["clip_b", "upsampler", "embed", "decoder", "decoder_ft", "prior", "prior_ar"]
-    assert [line.split(" ", 1)[0] for line in lines] == names
+    assert [line.split(" ", 1)[0] for line in lines] == SHAPES_STAGES[1:]
     # clip_b continues the clip stage's run directory; decoder continues its own
     assert [line.split(" ", 1)[0] for line in lines if line.endswith("--resume")] == ["clip_b", "decoder"]
