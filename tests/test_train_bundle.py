@@ -30,6 +30,14 @@ def load_script():
     return module
 
 
+def upstream(stages: dict, name: str) -> set[str]:
+    """Every stage ``name`` needs, directly or through other stages."""
+    found = set(stages[name].needs)
+    for n in stages[name].needs:
+        found |= upstream(stages, n)
+    return found
+
+
 def test_dry_run_lists_every_stage_in_dependency_order(tmp_path):
     lines = dry_run(tmp_path)
     assert [line.split(" ", 1)[0] for line in lines] == SHAPES_STAGES
@@ -46,12 +54,6 @@ def test_every_input_a_stage_reads_is_made_by_a_stage_it_needs():
     for bundle, recipe in tb.RECIPES.items():
         stages = {name: tb.Stage(name, lane, needs, argv) for name, lane, needs, argv in recipe}
 
-        def upstream(name: str) -> set[str]:
-            found = set(stages[name].needs)
-            for n in stages[name].needs:
-                found |= upstream(n)
-            return found
-
         for name, stage in stages.items():
             assert all(list(stages).index(n) < list(stages).index(name) for n in stage.needs)
             for flag in ("--init-from", "--clip", "--data"):
@@ -61,7 +63,7 @@ def test_every_input_a_stage_reads_is_made_by_a_stage_it_needs():
                 if out not in path.parents:
                     continue  # a dataset name such as "shapes"
                 makers = {n for n, s in stages.items() if s.run_dir(out) in (path, *path.parents)}
-                assert makers & upstream(name), f"{bundle}/{name}: {flag} {path} is made by {makers}"
+                assert makers & upstream(stages, name), f"{bundle}/{name}: {flag} {path} is made by {makers}"
         # The assembled model takes each component from a stage of the recipe.
         assert set(tb.FINAL[bundle].values()) <= set(stages)
 
