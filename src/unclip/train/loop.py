@@ -293,7 +293,7 @@ class Trainer:
         return True
 
     def load_init_weights(self, directory: Path) -> None:
-        """Start from the weights of a component directory (all keys and shapes must match)."""
+        """Start from the weights of a component directory (strict, but see ``new_zero_init_keys``)."""
         from unclip.checkpoint import WEIGHTS_FILE, load_state_dict, read_component_header
 
         header = read_component_header(directory)
