@@ -31,15 +31,19 @@ from unclip.data.shapes.vocab import ATTRIBUTES
 from unclip.pipeline import UnCLIPPipeline
 
 
+def to_oracle(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) in [0, 1], what the oracle reads."""
+    return ((images.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+
+
 def background_accuracy(images: torch.Tensor, wanted: list[str]) -> float:
     """Fraction of (N, 3, H, W) images in [-1, 1] whose oracle background is the wanted one."""
-    arr = ((images.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
-    return float(np.mean([read_background(a) == w for a, w in zip(arr, wanted)]))
+    return float(np.mean([read_background(a) == w for a, w in zip(to_oracle(images), wanted)]))
 
 
 def object_accuracy(images: torch.Tensor, specs: list) -> dict[str, float]:
     """Colour, shape and all-five-attribute accuracy of the largest object read in each image."""
-    arr = ((images.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    arr = to_oracle(images)
     hits = {"color": [], "shape": [], "all": []}
     for a, spec in zip(arr, specs):
         objs = read_scene(a)

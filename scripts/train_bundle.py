@@ -36,6 +36,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+
+def clip_finetune(
+    name: str, after: str, init: str, *, shape_weight: int, steps: int, lr: str, seed: int
+) -> tuple[str, int, tuple[str, ...], list[str]]:
+    """A lane-1 stage fine-tuning a shapes CLIP from ``init`` with the attribute probe (runs J-L)."""
+    return (
+        name, 1, (after,),
+        ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
+         "--init-from", init, "--aux-shape-weight", str(shape_weight), "--steps", str(steps), "--lr", lr,
+         "--warmup", "50", "--seed", str(seed), "--out", "{out}/" + name],
+    )  # fmt: skip
+
+
 #: Stage recipes per bundle: (name, lane, needs, argv after ``unclip -q``). ``{out}`` is --out.
 RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
     "shapes": [
@@ -53,24 +66,9 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
              "--aux-shape-weight", "6", "--probe-first", "500", "--steps", "1800", "--out", "{out}/clip"],
         ),
         # Runs J, K, L: fine-tunes of run H at rising shape weights (zero-shot shape 60 -> 96 %).
-        (
-            "clip_j", 1, ("clip_b",),
-            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
-             "--init-from", "{out}/clip/clip", "--aux-shape-weight", "6", "--steps", "1500", "--lr", "3e-4",
-             "--warmup", "50", "--seed", "1", "--out", "{out}/clip_j"],
-        ),
-        (
-            "clip_k", 1, ("clip_j",),
-            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
-             "--init-from", "{out}/clip_j/clip", "--aux-shape-weight", "12", "--steps", "1500", "--lr", "3e-4",
-             "--warmup", "50", "--seed", "2", "--out", "{out}/clip_k"],
-        ),
-        (
-            "clip_l", 1, ("clip_k",),
-            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
-             "--init-from", "{out}/clip_k/clip", "--aux-shape-weight", "20", "--steps", "1200", "--lr", "2e-4",
-             "--warmup", "50", "--seed", "3", "--out", "{out}/clip_l"],
-        ),
+        clip_finetune("clip_j", "clip_b", "{out}/clip/clip", shape_weight=6, steps=1500, lr="3e-4", seed=1),
+        clip_finetune("clip_k", "clip_j", "{out}/clip_j/clip", shape_weight=12, steps=1500, lr="3e-4", seed=2),
+        clip_finetune("clip_l", "clip_k", "{out}/clip_k/clip", shape_weight=20, steps=1200, lr="2e-4", seed=3),
         # Run N: the global-colour path and a background probe term put the background into the
         # image embedding (linear probe 34 -> 97 %, docs/clip.md "Background"). The bundle's CLIP.
         (

@@ -126,7 +126,7 @@ def degrade(
     if kind == "none":
         return x
     if kind == "blur":
-        return degrade_blur(x, generator, tuple(blur_sigma))  # type: ignore[arg-type]
+        return degrade_blur(x, generator, blur_sigma)
     if kind == "bsr":
         return degrade_bsr(x, generator)
     raise ValueError(f"unknown degradation {kind!r}; choose none, blur or bsr")
