@@ -1,11 +1,17 @@
 """Does a CLIP's image embedding carry the scene's background colour? A linear probe.
 
     OMP_NUM_THREADS=1 python scripts/clip_background_probe.py runs/clip-shapes-n/clip [--train 2000] [--test 500]
+    OMP_NUM_THREADS=1 python scripts/clip_background_probe.py --model shapes [--prior-n 200]
 
 Encodes fresh shapes-world scenes (training split, random backgrounds, one to three objects),
 fits a softmax regression from the image embedding to the five background names (Adam, 500
 steps) and prints its accuracy on separate scenes, with nearest-centroid accuracy beside it.
 Chance is 20 %. This is the measurement behind docs/clip.md, "Background".
+
+With ``--model`` (a model name or directory) the probe is fitted on that model's CLIP, and then
+reads the background of the diffusion prior's embeddings for captions that name it (the test
+scenes, captioned at random with the background always stated; prior at the model's defaults).
+That is how far the text-to-image path can carry the background before the decoder.
 """
 
 from __future__ import annotations
@@ -32,13 +38,24 @@ def embed(clip, n: int, rng: np.random.Generator, size: int = 64) -> tuple[torch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("clip", help="a CLIP component directory")
+    ap.add_argument("clip", nargs="?", help="a CLIP component directory")
+    ap.add_argument("--model", help="a model name or directory: its CLIP, and its prior's embeddings")
+    ap.add_argument("--prior-n", type=int, default=200, help="captions through the prior (with --model)")
     ap.add_argument("--train", type=int, default=2000)
     ap.add_argument("--test", type=int, default=500)
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
+    if (a.clip is None) == (a.model is None):
+        ap.error("give a CLIP directory or --model")
     torch.manual_seed(a.seed)
-    clip = load_encoder(a.clip)
+    pipe = None
+    if a.model:
+        from unclip.pipeline import UnCLIPPipeline
+
+        pipe = UnCLIPPipeline.from_pretrained(a.model)
+        clip = pipe.clip
+    else:
+        clip = load_encoder(a.clip)
     rng = np.random.default_rng(a.seed)
     e_tr, y_tr = embed(clip, a.train, rng)
     e_te, y_te = embed(clip, a.test, rng)
@@ -54,8 +71,20 @@ def main() -> None:
     centroids = torch.stack([e_tr[y_tr == c].mean(0) for c in range(k)])
     nearest = ((e_te @ centroids.t()).argmax(1) == y_te).float().mean().item()
     print(
-        f"{a.clip}: background linear probe {100 * probe:.1f} %, nearest centroid {100 * nearest:.1f} % (chance 20 %)"
+        f"{a.clip or a.model}: background linear probe {100 * probe:.1f} %, nearest centroid {100 * nearest:.1f} % (chance 20 %)"
     )
+    if pipe is not None:
+        from unclip.data.shapes import caption
+
+        specs = [sample_scene(rng) for _ in range(a.prior_n)]
+        prompts = [caption(s, rng, with_background=True) for s in specs]
+        y = torch.tensor([BACKGROUNDS.index(s.background) for s in specs])
+        with torch.no_grad():
+            text = pipe.encode_prompts(prompts)
+            e = pipe.prior_embeds(text, pipe.generators(list(range(len(prompts))))).float()
+        e = F.normalize(e, dim=-1)
+        read = ((e @ w * 10 + b).argmax(1) == y).float().mean().item()
+        print(f"{a.model}: background of the prior's embeddings, read by the probe: {100 * read:.1f} %")
 
 
 if __name__ == "__main__":

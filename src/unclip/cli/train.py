@@ -148,6 +148,8 @@ def _run_clip(args: argparse.Namespace) -> int:
         aux_shape_weight=args.aux_shape_weight,
         aux_background_weight=args.aux_background_weight,
         probe_first=args.probe_first,
+        background_edits=args.background_edits,
+        freeze_image=args.freeze_image,
     )
     return _report(result, out / EXPORT_DIR, "CLIP", args.stop_at)
 
@@ -194,6 +196,20 @@ def _add_clip(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="with --aux-attributes: train the image tower on the probe alone for the first N steps, "
         "then add InfoNCE (puts shape into the tower first; see docs/clip.md)",
+    )
+    p.add_argument(
+        "--background-edits",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="shapes world: fraction F of the counterfactual edits that change the background, both "
+        "captions naming it (default 0; teaches the text tower the background; see docs/clip.md)",
+    )
+    p.add_argument(
+        "--freeze-image",
+        action="store_true",
+        help="with --init-from: train the text tower only, so the image embeddings (and a decoder "
+        "trained on them) stay valid",
     )
     p.set_defaults(func=_run_clip)
 

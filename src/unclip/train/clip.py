@@ -249,7 +249,9 @@ def _check_run(run_dir: Path, record: dict[str, Any]) -> None:
     saved = json.loads(path.read_text())
     saved.setdefault("aux_weight", 0.0)  # runs from before the attribute probe
     saved.setdefault("aux_background_weight", 0.0)  # runs from before its background head
-    for key in ("stage", "model", "data", "counterfactual"):
+    saved.setdefault("background_edits", 0.0)  # runs from before background edits
+    saved.setdefault("freeze_image", False)
+    for key in ("stage", "model", "data", "counterfactual", "background_edits", "freeze_image"):
         if saved.get(key) != record.get(key):
             raise UserError(
                 f"{run_dir} holds a run with a different {key} ({saved.get(key)!r}); "
@@ -297,6 +299,8 @@ def train_clip(
     aux_shape_weight: float = 1.0,
     aux_background_weight: float = 0.0,
     probe_first: int = 0,
+    background_edits: float = 0.0,
+    freeze_image: bool = False,
 ) -> TrainResult:
     """Train a CLIP on ``data`` into ``run_dir``.
 
@@ -320,6 +324,10 @@ def train_clip(
         probe_first: train the image tower with the probe loss alone for this many steps, then
             add InfoNCE (a supervised warm start that puts shape into the tower before the
             contrastive loss can crowd it out; docs/clip.md). Needs ``aux_weight`` > 0.
+        background_edits: on the shapes world, the fraction of counterfactual edits that change
+            the background, with both captions naming it (text-side background; docs/clip.md).
+        freeze_image: train the text tower (and temperature) only. The image embeddings stay
+            exactly as they were, so a decoder trained on them needs no retraining.
 
     Raises:
         UserError: an existing run without ``resume``, or a resume with different settings.
@@ -333,6 +341,12 @@ def train_clip(
         raise UserError("--aux-background-weight needs --aux-attributes > 0 and a weight >= 0")
     if probe_first < 0 or (probe_first > 0 and aux_weight <= 0):
         raise UserError("--probe-first needs --aux-attributes > 0 and a step count >= 0")
+    if freeze_image and (aux_weight > 0 or init_from is None):
+        raise UserError(
+            "--freeze-image fine-tunes the text tower of an --init-from CLIP; the probe reads the image tower"
+        )
+    if background_edits and not (is_shapes and counterfactual):
+        raise UserError("--background-edits needs the shapes world with counterfactual batches")
     record = {
         "stage": "clip",
         "model": model_config.to_dict(),
@@ -343,6 +357,8 @@ def train_clip(
         "aux_shape_weight": aux_shape_weight,
         "aux_background_weight": aux_background_weight,
         "probe_first": probe_first,
+        "background_edits": background_edits,
+        "freeze_image": freeze_image,
     }
     has_state = (run_dir / "state.pt").is_file()
     if has_state and not resume:
@@ -371,7 +387,11 @@ def train_clip(
     if is_shapes and counterfactual:
         size = parse_size(data, model_config.vision.image_size)
         stream: Any = ShapesBatches(
-            size, train_config.micro_batch_size, seed=train_config.seed, counterfactual=True
+            size,
+            train_config.micro_batch_size,
+            seed=train_config.seed,
+            counterfactual=True,
+            background_edits=background_edits,
         )
     else:
         stream = open_data(
@@ -387,6 +407,8 @@ def train_clip(
     def export(m: torch.nn.Module, out: Path) -> None:
         unwrap(m).save(out / EXPORT_DIR, extra={"data": data, "train_config": train_config.to_dict()})  # type: ignore[operator]
 
+    if freeze_image:
+        unwrap(model).visual.requires_grad_(False)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("CLIP: %.2fM trainable parameters; data %s", n_params / 1e6, data)
 

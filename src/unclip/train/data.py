@@ -19,6 +19,7 @@ batches as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 from collections.abc import Iterator, Sequence
@@ -331,6 +332,10 @@ class ShapesBatches:
     batches can match captions by colour and background alone and never learn shape or position
     (measured: docs/clip.md); a near-identical image that differs in one attribute makes that
     attribute necessary. Batch order: the B/2 stream samples, then their B/2 edits.
+
+    ``background_edits`` is the fraction of edits that change the background instead (objects
+    untouched); both captions of such a pair then name their background. Otherwise only a fifth of
+    captions name it and the pairs share it, and the text tower never learns it (docs/clip.md).
     """
 
     def __init__(
@@ -342,11 +347,17 @@ class ShapesBatches:
         counterfactual: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
+        background_edits: float = 0.0,
     ) -> None:
         if counterfactual and batch_size % 2:
             raise UserError(f"counterfactual shapes batches need an even batch size, got {batch_size}")
+        if not 0.0 <= background_edits <= 1.0 or (background_edits > 0 and not counterfactual):
+            raise UserError(
+                f"background edits need counterfactual batches and a fraction in [0, 1], got {background_edits}"
+            )
         self.size, self.batch_size, self.seed, self.split = size, batch_size, seed, split
         self.counterfactual = counterfactual
+        self.background_edits = background_edits
         self.rank, self.world_size = rank_share(rank, world_size)
         self.position = 0
 
@@ -358,7 +369,8 @@ class ShapesBatches:
         items = shapes_items(self.size, self.seed, self.split, self.position + self.rank * n, n)
         self.position += n * self.world_size
         if self.counterfactual:
-            items += [counterfactual_item(it, self.seed, self.size) for it in items]
+            pairs = [counterfactual_pair(it, self.seed, self.size, self.background_edits) for it in items]
+            items = [a for a, _ in pairs] + [b for _, b in pairs]
         return collate(items)
 
     def state_dict(self) -> dict[str, Any]:
@@ -421,21 +433,57 @@ def edit_scene(spec: Any, rng: np.random.Generator, tries: int = 4) -> Any | Non
     return None
 
 
-def counterfactual_item(item: dict[str, Any], seed: int, size: int) -> dict[str, Any]:
-    """A stream item's edited twin (see :class:`ShapesBatches`); a fresh scene if no edit fits."""
+def edit_background(spec: Any, rng: np.random.Generator) -> Any | None:
+    """The scene on another background (objects, texture and layout untouched), or None if every
+    other background would make it a held-out combination."""
+    from unclip.data.shapes import BACKGROUNDS, is_held_out
+    from unclip.data.shapes.scene import sample_hsv
+    from unclip.data.shapes.vocab import BACKGROUND_HSV
+
+    options = [b for b in BACKGROUNDS if b != spec.background]
+    rng.shuffle(options)
+    for bg in options:
+        edited = dataclasses.replace(spec, background=bg, bg_rgb=sample_hsv(rng, BACKGROUND_HSV[bg]))
+        if not is_held_out(edited):
+            return edited
+    return None
+
+
+def counterfactual_pair(
+    item: dict[str, Any], seed: int, size: int, background_edits: float = 0.0
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A stream item and its edited twin (see :class:`ShapesBatches`); a fresh scene if no edit fits.
+
+    A background edit (probability ``background_edits``) re-captions the item so that both
+    captions name their background.
+    """
     from unclip.data.shapes import SceneSpec, caption, sample_scene
     from unclip.data.shapes.stream import image_tensor
 
     rng = np.random.default_rng([seed, int(item["index"]), 1])
-    spec = edit_scene(SceneSpec.from_dict(item["spec"]), rng)
-    if spec is None:
-        spec = sample_scene(rng, "train")
-    return {
-        "image": image_tensor(spec, size),
-        "caption": caption(spec, rng),
-        "spec": spec.to_dict(),
+    spec = SceneSpec.from_dict(item["spec"])
+    on_background = (
+        background_edits > 0
+        and np.random.default_rng([seed, int(item["index"]), 2]).uniform() < background_edits
+    )
+    twin = edit_background(spec, rng) if on_background else edit_scene(spec, rng)
+    if twin is None:
+        on_background = False
+        twin = sample_scene(rng, "train")
+    if on_background:
+        item = {
+            **item,
+            "caption": caption(
+                spec, np.random.default_rng([seed, int(item["index"]), 3]), with_background=True
+            ),
+        }
+    edited = {
+        "image": image_tensor(twin, size),
+        "caption": caption(twin, rng, with_background=on_background),
+        "spec": twin.to_dict(),
         "index": -1,
     }
+    return item, edited
 
 
 # --------------------------------------------------------------------------- specs

@@ -184,7 +184,9 @@ def _background_phrase(bg: str, rng: np.random.Generator, list_style: bool) -> s
     return " " + _pick(rng, (f"on a {bg} background", f"against a {bg} background"))
 
 
-def caption(spec: SceneSpec, rng: np.random.Generator, mode: CaptionMode = "mixed") -> str:
+def caption(
+    spec: SceneSpec, rng: np.random.Generator, mode: CaptionMode = "mixed", with_background: bool = False
+) -> str:
     """A random caption of the scene.
 
     Args:
@@ -193,6 +195,8 @@ def caption(spec: SceneSpec, rng: np.random.Generator, mode: CaptionMode = "mixe
         mode: "full" states every attribute of every object, the relation (two objects) and the
             background; "partial" keeps a random subset (possibly no shape: "something green");
             "mixed" is full 35 % of the time, partial otherwise; "canonical" is :func:`describe`.
+        with_background: always name the background (otherwise "full" captions and a random
+            20 % of the others do). The random draws are the same either way.
 
     Returns:
         The caption; ``parse_caption`` recovers what it pins.
@@ -203,7 +207,7 @@ def caption(spec: SceneSpec, rng: np.random.Generator, mode: CaptionMode = "mixe
         raise ValueError(f"caption mode {mode!r} is not one of {list(CAPTION_MODES)}")
     full = mode == "full" or (mode == "mixed" and rng.uniform() < 0.35)
     keeps = _keep_sets(spec, rng, full)
-    with_bg = full or rng.uniform() < 0.2
+    with_bg = full or rng.uniform() < 0.2 or with_background
     n = len(spec.objects)
     shapes = {o.shape for o in spec.objects}
     # Counting template ("two red stars"): only when what it says is true of every object.
