@@ -229,15 +229,18 @@ def test_same_seed_same_images_and_different_seed_different(pipe):
 def test_image_i_regenerates_alone_with_its_seed(pipe, precision):
     """Per-image generators: image i of a batch is image 0 of a call with seed=seeds[i].
 
-    Embeddings are identical by construction (prompts encoded and priors run one at a time).
-    Pixels go through a batched decoder; on this CPU they measured identical (bf16) or within
-    2e-7 (fp32) across batch sizes (docs/pipeline.md), so allow 1e-4: batched noise would differ by ~1.
+    Prompts are encoded one at a time. The diffusion prior and the decoder run batched, each
+    sample drawing its noise from its own generator, so what differs is float rounding of
+    batch-size-dependent kernels. Measured on the shapes bundle (docs/pipeline.md): fp32 within
+    3e-7 (embeddings) and 2e-5 (pixels); bf16 mostly identical, at worst 1.1e-3 in an embedding
+    and a mean pixel difference of 7e-4. Drawing the noise as one batch would differ by ~1.
     """
     batch = pipe(PROMPTS, num_images_per_prompt=3, seed=20, output_type="pt", precision=precision)
     for i in (0, 4):
         alone = pipe(PROMPTS[i // 3], seed=batch.seeds[i], output_type="pt", precision=precision)
-        assert torch.equal(alone.image_embeds[0], batch.image_embeds[i])
-        assert (alone.images[0] - batch.images[i]).abs().max() <= 1e-4
+        assert (alone.image_embeds[0] - batch.image_embeds[i]).abs().max() <= 5e-3
+        diff = (alone.images[0] - batch.images[i]).abs()
+        assert diff.mean() <= 2e-3 and diff.max() <= 0.15
 
 
 # ---------------------------------------------------------------------------- callbacks
@@ -250,7 +253,8 @@ def test_callback_reports_every_step_of_every_stage(pipe, prior):
     stages = list(dict.fromkeys(c[0] for c in calls))
     assert stages == ["prior", "decoder", "upsampler1"]
     totals = {
-        "prior": 4 * TINY_DEFAULTS.prior_steps if prior == "diffusion" else 4,
+        # The diffusion prior runs once for all four images; the AR prior once per image.
+        "prior": TINY_DEFAULTS.prior_steps if prior == "diffusion" else 4,
         "decoder": 4,
         "upsampler1": 3,
     }

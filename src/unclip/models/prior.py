@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -471,7 +472,7 @@ class DiffusionPrior(nn.Module):
         num_samples_per_prompt: int = 1,
         guidance_scale: float = DEFAULT_GUIDANCE,
         steps: int = 64,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         negative: Any | None = None,
         best_of: int = 2,
         sampler: str = "ddim",
@@ -489,7 +490,9 @@ class DiffusionPrior(nn.Module):
                 branch alone, no extra forward). The paper does not report its prior's scale;
                 the default is the best of 1/2/4/8 on the shapes evaluation (docs/priors.md).
             steps: strided sampling steps over the 1000-step chain (paper: 64).
-            generator: RNG for the initial noise and stochastic samplers.
+            generator: RNG for the initial noise and stochastic samplers, or one generator per
+                returned sample (B * n): sample j's candidates then draw all their noise from
+                generator j alone, so a sample does not depend on the batch it runs in.
             negative: a TextEncoding of one negative caption (broadcast) or of B of them; its
                 conditioning replaces the null in guidance (guides away from it).
             best_of: N candidates per sample; the one with the largest dot product with
@@ -527,7 +530,16 @@ class DiffusionPrior(nn.Module):
         model_fn = guided_model_fn(
             self._cached_forward(precision, device), cond=cond, uncond=uncond, guidance_scale=guidance_scale
         )
-        x_T = torch.randn((b * reps, self.config.embed_dim), generator=generator, device=device)
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != b * n:
+                raise ValueError(f"{len(generator)} generators for {b * n} samples")
+            # Sample j's k candidates: one (k, D) draw from generator j, as a lone call would make.
+            x_T = torch.cat(
+                [torch.randn((k, self.config.embed_dim), generator=g, device=g.device) for g in generator]
+            ).to(device)
+            generator = [g for g in generator for _ in range(k)]  # per-row step noise
+        else:
+            x_T = torch.randn((b * reps, self.config.embed_dim), generator=generator, device=device)
         # Strided sampling over the 1000-step chain (paper Tab. 3: 64 steps); no x0 clipping for
         # embeddings. One autocast region around the whole loop keeps autocast's cache of bf16
         # weight copies alive across steps (the sampler's own arithmetic stays in float32: x is

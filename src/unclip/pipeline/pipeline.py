@@ -10,9 +10,9 @@ pipeline only composes them, draws the noise and converts the output.
 
 Randomness: image i of a call (prompt-major order) draws all of its noise (prior x_T, decoder
 x_T, upsampler x_T) from its own generator seeded with ``seeds[i] = base + i``, where ``base`` is
-``seed``, or one number drawn from ``generator``. Prompts are encoded one at a time and the prior
-runs one image at a time, so the embeddings do not depend on the batch; what holds for the
-decoded pixels is measured in docs/pipeline.md.
+``seed``, or one number drawn from ``generator``. Prompts are encoded one at a time; the
+diffusion prior, decoder and upsamplers run batched, so a batch changes only float rounding
+(measured in docs/pipeline.md).
 """
 
 from __future__ import annotations
@@ -244,7 +244,8 @@ class UnCLIPPipeline:
         precision: str | None = None,
         callback: StepCallback | None = None,
     ) -> Tensor:
-        """Image embeddings for captions, one prior run per image [paper §2.2].
+        """Image embeddings for captions [paper §2.2]: the diffusion prior runs once for the batch
+        (per-image generators), the AR prior once per image.
 
         Args:
             text: B captions; ``len(generators)`` must be a multiple n of B (prompt-major).
@@ -279,31 +280,34 @@ class UnCLIPPipeline:
             steps = check_steps("prior_steps", d.prior_steps if steps is None else steps)
         else:
             raise UserError(f"prior must be 'diffusion' or 'ar', got {prior!r}")
+        if prior == "diffusion":
+            # One batched run; every sample draws its noise from its own generator, so image i
+            # matches a lone run with its seed (to float rounding; tests/test_pipeline.py).
+            rows = text.repeat_interleave(n)
+            neg = None
+            if negative is not None:
+                neg = negative.repeat_interleave(n) if len(negative) > 1 else negative
+            emb = self.prior.sample(
+                rows,
+                1,
+                guidance_scale=scale,
+                steps=steps,
+                generator=list(generators),
+                negative=neg,
+                best_of=d.prior_best_of,
+                precision=precision,
+                callback=stage_callback(callback, "prior", steps),
+            )
+            return emb.float()
         out = []
         for i, g in enumerate(generators):
             p = i // n
             neg = None if negative is None else negative[p if len(negative) > 1 else 0]
-            if prior == "ar":
-                emb = self.prior_ar.sample(
-                    text[p], 1, guidance_scale=scale, generator=g, negative=neg, precision=precision
-                )
-                if callback is not None:
-                    callback("prior", i + 1, total_images)
-            else:
-                cb = stage_callback(
-                    callback, "prior", steps, offset=i * steps, grand_total=steps * total_images
-                )
-                emb = self.prior.sample(
-                    text[p],
-                    1,
-                    guidance_scale=scale,
-                    steps=steps,
-                    generator=g,
-                    negative=neg,
-                    best_of=d.prior_best_of,
-                    precision=precision,
-                    callback=cb,
-                )
+            emb = self.prior_ar.sample(
+                text[p], 1, guidance_scale=scale, generator=g, negative=neg, precision=precision
+            )
+            if callback is not None:
+                callback("prior", i + 1, total_images)
             out.append(emb.float())
         return torch.cat(out)
 

@@ -60,11 +60,11 @@ class ServeConfig:
 
 
 def generate_batch(pipe: UnCLIPPipeline, jobs: list[dict[str, Any]], callback: Any) -> list[list[Any]]:
-    """Run several text-to-image jobs with equal settings as one decoder/upsampler batch.
+    """Run several text-to-image jobs with equal settings as one batch through every stage.
 
     Each job keeps its own seeds (image k of a job draws all its noise from ``seed + k``,
-    exactly as :meth:`UnCLIPPipeline.__call__`), and the prior runs one image at a time as there;
-    only the decoder and upsamplers see the larger batch (docs/serving.md: what holds).
+    exactly as :meth:`UnCLIPPipeline.__call__`); the batch changes only float rounding
+    (docs/serving.md: what holds).
     """
     from unclip.clip import TextEncoding
     from unclip.pipeline.pipeline import to_output
@@ -72,28 +72,25 @@ def generate_batch(pipe: UnCLIPPipeline, jobs: list[dict[str, Any]], callback: A
     s = jobs[0]
     with torch.inference_mode():
         negative = pipe.encode_prompts([s["negative"]]) if s["negative"] else None
-        embs, texts, gens = [], [], []
+        texts, gens = [], []
         for job in jobs:
-            g = pipe.generators([job["seed"] + k for k in range(job["num_images"])])
-            text = pipe.encode_prompts([job["prompt"]])
-            embs.append(
-                pipe.prior_embeds(
-                    text,
-                    g,
-                    prior=s["prior"],
-                    steps=s["prior_steps"],
-                    guidance_scale=s["prior_guidance"],
-                    negative=negative,
-                    precision=s["precision"],
-                    callback=callback,
-                )
-            )
-            texts.append(text.repeat_interleave(job["num_images"]))
-            gens += g
+            gens += pipe.generators([job["seed"] + k for k in range(job["num_images"])])
+            texts.append(pipe.encode_prompts([job["prompt"]]).repeat_interleave(job["num_images"]))
+        text = TextEncoding.cat(texts)  # one row per image
+        emb = pipe.prior_embeds(
+            text,
+            gens,
+            prior=s["prior"],
+            steps=s["prior_steps"],
+            guidance_scale=s["prior_guidance"],
+            negative=negative,
+            precision=s["precision"],
+            callback=callback,
+        )
         images = pipe.decode(
-            torch.cat(embs),
+            emb,
             pipe.decoder_noise(gens),
-            text=TextEncoding.cat(texts),
+            text=text,
             steps=s["decoder_steps"],
             guidance_scale=s["decoder_guidance"],
             upsampler_steps=s["upsampler_steps"],
