@@ -181,7 +181,7 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
 }  # fmt: skip
 DEFAULTS = {
     # DPM-Solver++(2M) 20 matches DDIM 50's fidelity and FD at 0.4x its time (bench/quality_per_compute.py).
-    "shapes": {"decoder_steps": 20, "decoder_sampler": "dpmpp_2m", "upsampler_steps": [6]},
+    "shapes": {"decoder_steps": 20, "decoder_sampler": "dpmpp_2m", "upsampler_steps": [3]},
     "emoji": {"decoder_steps": 25, "upsampler_steps": [6]},
 }
 #: The stage whose run directory provides each component of the assembled model.

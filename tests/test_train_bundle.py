@@ -77,3 +77,14 @@ def test_finished_stages_are_skipped_and_interrupted_ones_resumed(tmp_path):
     assert [line.split(" ", 1)[0] for line in lines] == SHAPES_STAGES[1:]
     # clip_b continues the clip stage's run directory; decoder continues its own
     assert [line.split(" ", 1)[0] for line in lines if line.endswith("--resume")] == ["clip_b", "decoder"]
+
+
+def test_recipe_defaults_are_the_shipped_bundles_defaults():
+    """The assembled model's sampling defaults match what each shipped bundle uses."""
+    import json
+
+    module = load_script()
+    bundles = Path(__file__).resolve().parents[1] / "src" / "unclip" / "bundles"
+    for name, defaults in module.DEFAULTS.items():
+        shipped = json.loads((bundles / name / "model.json").read_text())["defaults"]
+        assert {k: shipped[k] for k in defaults} == defaults, name
