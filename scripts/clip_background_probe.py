@@ -12,6 +12,10 @@ With ``--model`` (a model name or directory) the probe is fitted on that model's
 reads the background of the diffusion prior's embeddings for captions that name it (the test
 scenes, captioned at random with the background always stated; prior at the model's defaults).
 That is how far the text-to-image path can carry the background before the decoder.
+
+The text side: on 128 pairs of scenes that differ only in their background, each captioned with
+its background named, how often a caption is closer to its own image than to the twin (chance
+50 %; the zero-shot reading in ``unclip evaluate`` averages over object words as well).
 """
 
 from __future__ import annotations
@@ -34,6 +38,18 @@ def embed(clip, n: int, rng: np.random.Generator, size: int = 64) -> tuple[torch
     x = torch.stack([image_tensor(s, size) for s in specs])
     e = torch.cat([clip.encode_image(x[i : i + 100]).float() for i in range(0, n, 100)])
     return e, torch.tensor([BACKGROUNDS.index(s.background) for s in specs])
+
+
+@torch.no_grad()
+def pair_accuracy(clip, n: int = 128, seed: int = 99) -> float:
+    """Fraction of background-edit pairs whose caption is closer to its own image than the twin's."""
+    from unclip.train.data import ShapesBatches
+
+    batch = next(ShapesBatches(64, 2 * n, seed=seed, counterfactual=True, background_edits=1.0))
+    img = F.normalize(clip.encode_image(batch["image"]).float(), dim=-1)
+    txt = F.normalize(clip.encode_text(batch["caption"]).text_emb.float(), dim=-1)
+    own, twin = (txt * img).sum(-1), (txt * img.roll(n, 0)).sum(-1)
+    return float((own > twin).float().mean())
 
 
 def main() -> None:
@@ -72,6 +88,9 @@ def main() -> None:
     nearest = ((e_te @ centroids.t()).argmax(1) == y_te).float().mean().item()
     print(
         f"{a.clip or a.model}: background linear probe {100 * probe:.1f} %, nearest centroid {100 * nearest:.1f} % (chance 20 %)"
+    )
+    print(
+        f"background pairs: caption closer to its own image {100 * pair_accuracy(clip):.1f} % (chance 50 %)"
     )
     if pipe is not None:
         from unclip.data.shapes import caption
