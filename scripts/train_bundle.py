@@ -1,6 +1,6 @@
 """Retrain a shipped bundle from scratch, stage by stage, resumable (docs/bundles.md).
 
-    python scripts/train_bundle.py shapes --out runs/bundle-shapes          # about 4 h on 2 cores
+    python scripts/train_bundle.py shapes --out runs/bundle-shapes          # about 5 h on 2 cores
     python scripts/train_bundle.py emoji --out runs/bundle-emoji            # needs the emoji sources
     python scripts/train_bundle.py shapes --out runs/bundle-shapes --dry-run
 
@@ -8,9 +8,10 @@ Each stage is one ``unclip`` command whose ``--out`` is a run directory under ``
 two lanes, one per core (``OMP_NUM_THREADS=1`` each), and a stage starts when the stages it needs
 are done:
 
-    shapes, lane 1: clip -> clip_b -> clip_j -> clip_k -> clip_l -> clip_n -> embed -> prior -> prior_ar
-                    -> upsampler -> upsampler_ft -> upsampler_ft2
-            lane 2: (clip_b) decoder -> decoder_ft -> (clip_k) decoder_k -> (clip_n) decoder_n
+    shapes, lane 1: clip -> clip_b -> clip_j -> clip_k -> clip_l -> clip_n -> clip_p -> clip_p2 -> embed
+                    -> prior -> prior_ar -> upsampler -> upsampler_ft -> upsampler_ft2
+            lane 2: (clip_b) decoder -> decoder_ft -> (clip_k) decoder_k -> (clip_n) decoder_n -> decoder_n2
+                    -> (clip_p2) decoder_p
     emoji:  see RECIPES
     then:   assemble (bf16 model directory, components named by FINAL) -> evaluate --quick
 
@@ -77,9 +78,25 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
              "--init-from", "{out}/clip_l/clip", "--aux-shape-weight", "20", "--aux-background-weight", "5",
              "--steps", "600", "--lr", "2e-4", "--warmup", "50", "--seed", "4", "--out", "{out}/clip_n"],
         ),
+        # Runs P, P2: background edits teach the text tower the background (zero-shot 21 -> 60 %,
+        # docs/clip.md "Background on the text side"). The bundle's CLIP.
         (
-            "embed", 1, ("clip_n",),
-            ["embed", "--clip", "{out}/clip_n/clip", "--data", "shapes", "--limit", "50000", "--out", "{out}/embed"],
+            "clip_p", 1, ("clip_n",),
+            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet-color", "--aux-attributes", "1",
+             "--init-from", "{out}/clip_n/clip", "--aux-shape-weight", "20", "--aux-background-weight", "5",
+             "--background-edits", "0.5", "--steps", "600", "--lr", "2e-4", "--warmup", "50", "--seed", "7",
+             "--out", "{out}/clip_p"],
+        ),
+        (
+            "clip_p2", 1, ("clip_p",),
+            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet-color", "--aux-attributes", "1",
+             "--init-from", "{out}/clip_p/clip", "--aux-shape-weight", "20", "--aux-background-weight", "5",
+             "--background-edits", "0.25", "--steps", "400", "--lr", "1.5e-4", "--warmup", "30", "--seed", "8",
+             "--sample-every", "200", "--out", "{out}/clip_p2"],
+        ),
+        (
+            "embed", 1, ("clip_p2",),
+            ["embed", "--clip", "{out}/clip_p2/clip", "--data", "shapes", "--limit", "50000", "--out", "{out}/embed"],
         ),
         (
             "prior", 1, ("embed",),
@@ -109,7 +126,9 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
              "--lr", "3e-4", "--init-from", "{out}/upsampler_ft/upsampler", "--out", "{out}/upsampler_ft2"],
         ),
         # The decoder follows its CLIP: 3,000 + 5,200 steps on run H's embeddings, 2,000 on run K's,
-        # then 2,500 on run N's, each phase a fresh schedule from the last one's weights.
+        # 2,500 + 1,059 on run N's (the second phase stopped when run P2 was ready), then 2,000 on
+        # run P2's without min-SNR weighting (docs/decoder.md), each phase a fresh schedule from the
+        # last one's weights.
         (
             "decoder", 2, ("clip_b",),
             ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip/clip", "--preset", "decoder-shapes",
@@ -132,6 +151,18 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
             ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip_n/clip", "--preset", "decoder-shapes",
              "--steps", "2500", "--lr", "5e-4", "--warmup", "100", "--sample-every", "500",
              "--init-from", "{out}/decoder_k/decoder", "--out", "{out}/decoder_n"],
+        ),
+        (
+            "decoder_n2", 2, ("decoder_n",),
+            ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip_n/clip", "--preset", "decoder-shapes",
+             "--steps", "3000", "--stop-at", "1059", "--lr", "4e-4", "--warmup", "100", "--sample-every", "1000",
+             "--seed", "5", "--init-from", "{out}/decoder_n/decoder", "--out", "{out}/decoder_n2"],
+        ),
+        (
+            "decoder_p", 2, ("decoder_n2", "clip_p2"),
+            ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip_p2/clip", "--preset", "decoder-shapes-flat",
+             "--steps", "2000", "--lr", "4e-4", "--warmup", "100", "--sample-every", "500", "--seed", "6",
+             "--init-from", "{out}/decoder_n2/decoder", "--out", "{out}/decoder_p"],
         ),
     ],
     # The emoji corpus at 64 px (OpenMoji held out as an unseen style). MiniLM-locked CLIP (the
@@ -186,7 +217,7 @@ DEFAULTS = {
 }
 #: The stage whose run directory provides each component of the assembled model.
 FINAL = {
-    "shapes": {"clip": "clip_n", "decoder": "decoder_n", "prior": "prior", "prior_ar": "prior_ar",
+    "shapes": {"clip": "clip_p2", "decoder": "decoder_p", "prior": "prior", "prior_ar": "prior_ar",
                "upsampler": "upsampler_ft2"},
     "emoji": {"clip": "clip", "decoder": "decoder", "prior": "prior", "prior_ar": "prior_ar",
               "upsampler": "upsampler"},

@@ -9,8 +9,9 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_bundle.py"
 SHAPES_STAGES = [
-    "clip", "clip_b", "clip_j", "clip_k", "clip_l", "clip_n", "embed", "prior", "prior_ar",
-    "upsampler", "upsampler_ft", "upsampler_ft2", "decoder", "decoder_ft", "decoder_k", "decoder_n",
+    "clip", "clip_b", "clip_j", "clip_k", "clip_l", "clip_n", "clip_p", "clip_p2", "embed", "prior",
+    "prior_ar", "upsampler", "upsampler_ft", "upsampler_ft2", "decoder", "decoder_ft", "decoder_k",
+    "decoder_n", "decoder_n2", "decoder_p",
 ]  # fmt: skip
 
 
@@ -42,9 +43,9 @@ def test_dry_run_lists_every_stage_in_dependency_order(tmp_path):
     lines = dry_run(tmp_path)
     assert [line.split(" ", 1)[0] for line in lines] == SHAPES_STAGES
     assert all("--resume" not in line for line in lines)
-    decoder = next(line for line in lines if line.startswith("decoder_n"))
-    assert f"--clip {tmp_path}/clip_n/clip" in decoder and "--preset decoder-shapes" in decoder
-    assert f"--init-from {tmp_path}/decoder_k/decoder" in decoder
+    decoder = next(line for line in lines if line.startswith("decoder_p"))
+    assert f"--clip {tmp_path}/clip_p2/clip" in decoder and "--preset decoder-shapes-flat" in decoder
+    assert f"--init-from {tmp_path}/decoder_n2/decoder" in decoder
 
 
 def test_every_input_a_stage_reads_is_made_by_a_stage_it_needs():
