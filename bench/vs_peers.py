@@ -453,7 +453,7 @@ def ours_e2e(s: dict) -> list[dict]:
         res = measure_calls(PRECISIONS, run, len(prompts) * n, s["repeats"])
         note = (
             f"per stage: {fmt_stages(stages)}; UnCLIPPipeline.__call__, output_type='pt'; the prior runs "
-            "one image at a time (the pipeline's seeding design), caption prefix cached; CFG batched"
+            "once for all images (per-image generators), caption prefix cached; CFG batched"
         )
         rows.append(
             {
