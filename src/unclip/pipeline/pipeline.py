@@ -108,17 +108,17 @@ def base_seed(seed: int | None, generator: torch.Generator | None) -> int:
 
 
 def stage_callback(
-    callback: StepCallback | None, stage: str, total: int, offset: int = 0, grand_total: int | None = None
+    callback: StepCallback | None, stage: str, total: int
 ) -> Callable[[int, int, Tensor, Tensor], None] | None:
     """Adapt ``callback(stage, step, total)`` to the samplers' ``(step_index, t, x_t, pred_xstart)``.
 
-    Steps count from 1; ``offset``/``grand_total`` merge several sampler runs into one stage.
+    Steps count from 1.
     """
     if callback is None:
         return None
 
     def report(step: int, _t: int, _x: Tensor, _px: Tensor) -> None:
-        callback(stage, offset + step + 1, grand_total or total)
+        callback(stage, step + 1, total)
 
     return report
 
@@ -283,17 +283,13 @@ class UnCLIPPipeline:
         if prior == "diffusion":
             # One batched run; every sample draws its noise from its own generator, so image i
             # matches a lone run with its seed (to float rounding; tests/test_pipeline.py).
-            rows = text.repeat_interleave(n)
-            neg = None
-            if negative is not None:
-                neg = negative.repeat_interleave(n) if len(negative) > 1 else negative
             emb = self.prior.sample(
-                rows,
-                1,
+                text,
+                n,
                 guidance_scale=scale,
                 steps=steps,
                 generator=list(generators),
-                negative=neg,
+                negative=negative,
                 best_of=d.prior_best_of,
                 precision=precision,
                 callback=stage_callback(callback, "prior", steps),
