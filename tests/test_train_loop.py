@@ -214,3 +214,60 @@ def test_init_from_refuses_a_different_model(tmp_path, reference):
         t.load_init_weights(other)
     with pytest.raises(CheckpointError, match="not a component directory"):
         t.load_init_weights(tmp_path)
+
+
+class _Clock:
+    """A fake ``time`` module for the loop: every reading advances the clock by ``tick`` seconds."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    def process_time(self) -> float:
+        return self.now
+
+
+def test_time_budget_shrinks_the_schedule_to_fit(tmp_path, monkeypatch):
+    import unclip.train.loop as loop_mod
+
+    monkeypatch.setattr(loop_mod, "time", _Clock(0.01))
+    cfg = TrainConfig(
+        steps=5000, batch_size=8, lr=1e-3, warmup=5, min_lr_ratio=0.1, save_every=1000, log_every=1,
+        time_budget=6.0, seed=1,
+    )  # fmt: skip
+    t = make_trainer(tmp_path, cfg)
+    res = t.run()
+    # It ended on its own, at the budget, with the cosine schedule finished there.
+    assert not res.interrupted and res.step < 5000
+    assert t.total_steps == res.step == t.schedule.total
+    assert 0.9 * 6.0 <= t.wall_seconds <= 6.0 + 0.5
+    lrs = [float(r["lr"]) for r in log_rows(tmp_path)]
+    assert lrs[-1] < 0.15e-3 and max(lrs) > 0.9e-3
+    state = load_train_state(tmp_path / "state.pt")
+    assert state["total_steps"] == res.step and state["wall_seconds"] == pytest.approx(t.wall_seconds)
+
+
+def test_time_budget_is_kept_across_a_resume(tmp_path, monkeypatch):
+    import unclip.train.loop as loop_mod
+
+    monkeypatch.setattr(loop_mod, "time", _Clock(0.01))
+    cfg = TrainConfig(
+        steps=5000, batch_size=8, lr=1e-3, warmup=5, save_every=1000, log_every=10, time_budget=6.0, seed=1
+    )
+    first = make_trainer(tmp_path, cfg)
+    res = first.run(stop_at=100)
+    assert res.interrupted and res.step == 100 and first.total_steps < 5000
+    second = make_trainer(tmp_path, cfg)
+    res2 = second.run()
+    # The resumed run starts from the saved schedule end and clock, and stops within the budget.
+    assert second.schedule.total == res2.step and not res2.interrupted
+    assert res2.step <= first.total_steps + 50
+    assert second.wall_seconds <= 6.0 + 0.5
+
+
+def test_time_budget_must_be_non_negative():
+    with pytest.raises(ValueError, match="time_budget"):
+        TrainConfig(time_budget=-1.0)

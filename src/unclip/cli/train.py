@@ -41,6 +41,12 @@ def add_common_args(parser: argparse.ArgumentParser, default_preset: str | None)
     parser.add_argument("--save-every", type=int, help="steps between checkpoints")
     parser.add_argument("--log-every", type=int, help="steps between log rows")
     parser.add_argument("--sample-every", type=int, help="steps between samples/quick evals (0 = off)")
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="train for about this long: the schedule shrinks to the steps that fit (<= --steps)",
+    )
     parser.add_argument("--workers", type=int, default=0, help="data loading worker processes")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
@@ -71,6 +77,7 @@ _FLAG_TO_FIELD = {
     "save_every": "save_every",
     "log_every": "log_every",
     "sample_every": "sample_every",
+    "time_budget": "time_budget",
 }
 
 

@@ -31,6 +31,9 @@ class TrainConfig(Config):
         log_every: steps between CSV log rows.
         sample_every: steps between calls of the stage's sample/eval hook; 0 disables it.
         seed: seeds torch, numpy, python and the data stream.
+        time_budget: wall-clock seconds the training loop may take over all its sessions; 0 = off.
+            The schedule then ends at the step that fits: the loop measures its step rate after
+            a few steps and shrinks ``steps`` (never grows it) so the cosine decay still finishes.
     """
 
     steps: int = 1000
@@ -50,6 +53,7 @@ class TrainConfig(Config):
     log_every: int = 10
     sample_every: int = 0
     seed: int = 0
+    time_budget: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
@@ -64,6 +68,8 @@ class TrainConfig(Config):
             raise ValueError("lr must be > 0, warmup >= 0 and min_lr_ratio in [0, 1]")
         if self.save_every < 1 or self.log_every < 1 or self.sample_every < 0:
             raise ValueError("save_every and log_every must be >= 1, sample_every >= 0")
+        if not self.time_budget >= 0:
+            raise ValueError(f"time_budget must be >= 0 seconds, got {self.time_budget}")
 
     @property
     def micro_batch_size(self) -> int:

@@ -108,6 +108,15 @@ def all_reduce_max(flags: list[bool], device: torch.device) -> list[bool]:
     return [bool(v > 0) for v in t.tolist()]
 
 
+def max_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Maximum over ranks of a few floats (the slowest rank's clock, for a time budget)."""
+    if not dist_info().enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return t.tolist()
+
+
 def all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
     """Mean over ranks of a few floats (the logged loss)."""
     if not dist_info().enabled:

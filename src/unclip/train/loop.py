@@ -50,6 +50,7 @@ from unclip.train.distributed import (
     barrier,
     dist_info,
     gather_objects,
+    max_over_ranks,
     micro_batch_seed,
     wrap_ddp,
 )
@@ -207,6 +208,9 @@ class Trainer:
         self.schedule = WarmupCosine.from_config(config)
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.step = 0
+        # The schedule's end: config.steps, or fewer under a time budget (see _fit_budget).
+        self.total_steps = config.steps
+        self.wall_seconds = 0.0  # the loop's wall time over all sessions (for the time budget)
         self.train_seconds = 0.0
         self.cpu_seconds = 0.0
         self._stop = False
@@ -228,6 +232,8 @@ class Trainer:
             "step": self.step,
             "train_seconds": self.train_seconds,
             "cpu_seconds": self.cpu_seconds,
+            "total_steps": self.total_steps,
+            "wall_seconds": self.wall_seconds,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
@@ -246,6 +252,9 @@ class Trainer:
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.cpu_seconds = float(state.get("cpu_seconds", 0.0))
+        self.total_steps = min(int(state.get("total_steps", self.config.steps)), self.config.steps)
+        self.schedule.total = max(self.total_steps, 1)
+        self.wall_seconds = float(state.get("wall_seconds", 0.0))
         mine = state["ranks"][self.dist.rank] if state.get("ranks") else state
         self.data.load_state_dict(mine["data"])
         restore_rng(mine["rng"])
@@ -422,6 +431,36 @@ class Trainer:
         metrics["lr"] = lr
         return total, gnorm, metrics
 
+    def _fit_budget(self, mark: tuple[int, float] | None, bar: Any) -> None:
+        """Under ``config.time_budget``, end the schedule at the step that fits the budget.
+
+        Out of time: stop now. Otherwise, from the step rate since ``mark``, re-aim
+        ``total_steps`` (never beyond ``config.steps``) at step 25 after the mark and then every
+        100 steps, until 60 % of the way, so the cosine decay finishes close to the budget and the
+        last steps keep a settled schedule.
+        """
+        budget = self.config.time_budget
+        # Every rank decides from the slowest rank's clock, so all stop at the same step.
+        wall = max_over_ranks([self.wall_seconds], self.device)[0]
+        if wall >= budget:
+            self.total_steps = self.step  # ends the loop: the budget is the run's end, not an interruption
+            return
+        if mark is None or self.step >= 0.6 * self.total_steps:
+            return
+        since = self.step - mark[0]
+        if since < 25 or (since - 25) % 100:
+            return
+        rate = since / max(wall - mark[1], 1e-9)
+        # Keep 2 % of the budget for the final save and export.
+        fit = self.step + int(rate * max(budget * 0.98 - wall, 0.0))
+        total = max(min(fit, self.config.steps), self.step + 1)
+        if total != self.total_steps:
+            logger.info("time budget %.0f s: schedule ends at step %d (%.2f steps/s)", budget, total, rate)
+            self.total_steps = total
+            self.schedule.total = total
+            bar.total = total
+            bar.refresh()
+
     # --- the loop ----------------------------------------------------------------------------
     def run(self, resume: bool = True, stop_at: int | None = None) -> TrainResult:
         """Train up to ``config.steps``. With ``resume``, continue from run_dir/state.pt if present.
@@ -430,7 +469,6 @@ class Trainer:
         learning-rate schedule as if the run went on: a resume continues it exactly.
         """
         cfg = self.config
-        end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
         if is_main_process():
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if not (resume and self.try_resume()):
@@ -445,10 +483,12 @@ class Trainer:
         n_acc = 0
         last: dict[str, float] = {}
         quiet_rank = {} if is_main_process() else {"disable": True}
-        bar = progress(total=cfg.steps, initial=self.step, desc="train", unit="step", **quiet_rank)
+        bar = progress(total=self.total_steps, initial=self.step, desc="train", unit="step", **quiet_rank)
         data0 = self._data_seconds
+        loop_t0, wall0 = time.perf_counter(), self.wall_seconds
+        mark: tuple[int, float] | None = None  # (step, time) the budget's rate is measured from
         with self._signals(), bar:
-            while self.step < end:
+            while self.step < (self.total_steps if stop_at is None else min(self.total_steps, stop_at)):
                 t0, c0 = time.perf_counter(), time.process_time()
                 loss, gnorm, metrics = self._train_step()
                 dt = time.perf_counter() - t0
@@ -456,11 +496,16 @@ class Trainer:
                 self.train_seconds += dt
                 self.cpu_seconds += time.process_time() - c0
                 self.step += 1
+                self.wall_seconds = wall0 + time.perf_counter() - loop_t0
+                if cfg.time_budget > 0:
+                    if self.step - start_step == 5:  # the first steps pay for warm-up: not counted
+                        mark = (self.step, self.wall_seconds)
+                    self._fit_budget(mark, bar)
                 for k, v in {"loss": loss, "grad_norm": gnorm, **metrics}.items():
                     acc[k] = acc.get(k, 0.0) + v
                 n_acc += 1
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     last = {k: v / n_acc for k, v in acc.items()}
                     last["loss"] = all_reduce_mean([last["loss"]], self.device)[0]
                     # Share of the step time spent waiting for data (this rank's loader).
@@ -495,9 +540,9 @@ class Trainer:
                         )
                 if self._stop:
                     break
-                if self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                if self.step % cfg.save_every == 0 and self.step < self.total_steps:
                     self.save()
-            interrupted = self.step < cfg.steps  # a signal, request_stop() or stop_at
+            interrupted = self.step < self.total_steps  # a signal, request_stop() or stop_at
             self.save()
         ips = cfg.batch_size * (self.step - start_step) / max(session_seconds, 1e-9)
         return TrainResult(self.step, interrupted, self.train_seconds, self.cpu_seconds, ips, last)
