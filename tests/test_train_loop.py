@@ -247,7 +247,7 @@ def test_time_budget_shrinks_the_schedule_to_fit(tmp_path, monkeypatch):
     lrs = [float(r["lr"]) for r in log_rows(tmp_path)]
     assert lrs[-1] < 0.15e-3 and max(lrs) > 0.9e-3
     state = load_train_state(tmp_path / "state.pt")
-    assert state["total_steps"] == res.step and state["wall_seconds"] == pytest.approx(t.wall_seconds)
+    assert state["budget_steps"] == res.step and state["wall_seconds"] == pytest.approx(t.wall_seconds)
 
 
 def test_time_budget_is_kept_across_a_resume(tmp_path, monkeypatch):

@@ -32,6 +32,7 @@ def embed_dataset(
     shard_size: int = 10_000,
     float_dtype: str = "float16",
     seed: int = 0,
+    num_workers: int = 0,
 ) -> int:
     """Embed ``data`` with ``clip`` into ``out``. Returns the number of samples in ``out``.
 
@@ -46,6 +47,7 @@ def embed_dataset(
         shard_size: samples per shard file.
         float_dtype: storage dtype of the float fields.
         seed: shapes stream seed.
+        num_workers: worker processes rendering/loading batches ahead.
     """
     from unclip.data.embeddings import EmbeddingShardWriter
     from unclip.progress import progress
@@ -56,7 +58,14 @@ def embed_dataset(
         if limit is not None and start >= limit:
             return start
         batches = iter_ordered(
-            data, clip.image_size, batch_size, start=start, limit=limit, split=split, seed=seed
+            data,
+            clip.image_size,
+            batch_size,
+            start=start,
+            limit=limit,
+            split=split,
+            seed=seed,
+            num_workers=num_workers,
         )
         bar = progress(total=limit, initial=start, desc="embed", unit="img")
         with bar, torch.inference_mode():
@@ -86,7 +95,9 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    clip = load_encoder(args.clip)
+    from unclip.nn.precision import resolve_device
+
+    clip = load_encoder(args.clip, device=str(resolve_device(args.device)))
     n = embed_dataset(
         clip,
         args.data,
@@ -98,6 +109,7 @@ def _run(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         float_dtype=args.dtype,
         seed=args.seed,
+        num_workers=args.workers,
     )
     print(f"{n} embeddings in {args.out}")
     return 0
@@ -122,5 +134,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--dtype", choices=["float32", "float16", "bfloat16"], default="float16", help="storage dtype"
     )
     p.add_argument("--seed", type=int, default=0, help="shapes stream seed")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes rendering shapes-world batches ahead (0: render here)",
+    )
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted job in --out")
     p.set_defaults(func=_run)

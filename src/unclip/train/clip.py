@@ -312,7 +312,7 @@ def train_clip(
         resume: continue the run in ``run_dir``; without it an existing run is an error.
         init_from: a component directory whose weights start a fresh run (fine-tuning).
         stop_at: save and stop at this step (the schedule still spans all the steps).
-        num_workers: data loading workers.
+        num_workers: data loading (shapes: rendering) worker processes.
         sample_fn: periodic quick evaluation hook (default: :func:`default_eval_fn` for the data).
         device: default from the environment.
         counterfactual: on the shapes world, fill half of each batch with one-attribute edits
@@ -392,6 +392,7 @@ def train_clip(
             seed=train_config.seed,
             counterfactual=True,
             background_edits=background_edits,
+            num_workers=num_workers,
         )
     else:
         stream = open_data(

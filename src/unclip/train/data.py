@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from unclip.errors import UserError
+from unclip.train.prefetch import ordered_map
 
 
 @runtime_checkable
@@ -348,6 +350,7 @@ class ShapesBatches:
         rank: int | None = None,
         world_size: int | None = None,
         background_edits: float = 0.0,
+        num_workers: int = 0,
     ) -> None:
         if counterfactual and batch_size % 2:
             raise UserError(f"counterfactual shapes batches need an even batch size, got {batch_size}")
@@ -359,19 +362,24 @@ class ShapesBatches:
         self.counterfactual = counterfactual
         self.background_edits = background_edits
         self.rank, self.world_size = rank_share(rank, world_size)
+        self.num_workers = num_workers
         self.position = 0
+        self._batches: Iterator[dict[str, Any]] | None = None
 
     def __iter__(self) -> ShapesBatches:
         return self
 
     def __next__(self) -> dict[str, Any]:
         n = self.batch_size // 2 if self.counterfactual else self.batch_size
-        items = shapes_items(self.size, self.seed, self.split, self.position + self.rank * n, n)
+        if self._batches is None:  # (re)start the workers at the current position
+            make = _ShapesBatchAt(
+                self.size, self.seed, self.split, n, self.counterfactual, self.background_edits
+            )
+            keys = itertools.count(self.position + self.rank * n, n * self.world_size)
+            self._batches = ordered_map(make, keys, self.num_workers)
+        batch = next(self._batches)
         self.position += n * self.world_size
-        if self.counterfactual:
-            pairs = [counterfactual_pair(it, self.seed, self.size, self.background_edits) for it in items]
-            items = [a for a, _ in pairs] + [b for _, b in pairs]
-        return collate(items)
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -386,6 +394,44 @@ class ShapesBatches:
         if state.get("kind") != "shapes" or state.get("seed") != self.seed or state.get("size") != self.size:
             raise UserError(f"cannot resume the data stream: saved {state}, now {self.state_dict()}")
         self.position = int(state["position"])
+        self._batches = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShapesBatchAt:
+    """The batch of :class:`ShapesBatches` whose first stream sample is ``start`` (picklable, so
+    worker processes can compute it)."""
+
+    size: int
+    seed: int
+    split: str
+    n: int
+    counterfactual: bool
+    background_edits: float
+
+    def __call__(self, start: int) -> dict[str, Any]:
+        items = shapes_items(self.size, self.seed, self.split, start, self.n)
+        if self.counterfactual:
+            pairs = [counterfactual_pair(it, self.seed, self.size, self.background_edits) for it in items]
+            items = [a for a, _ in pairs] + [b for _, b in pairs]
+        return collate(items)
+
+
+@dataclasses.dataclass(frozen=True)
+class _OrderedShapes:
+    """Shapes-world samples ``start .. min(start + n, limit) - 1`` with their keys (picklable)."""
+
+    size: int
+    seed: int
+    split: str
+    n: int
+    limit: int
+
+    def __call__(self, start: int) -> dict[str, Any]:
+        items = shapes_items(self.size, self.seed, self.split, start, min(self.n, self.limit - start))
+        for k, it in enumerate(items):
+            it["key"] = f"shapes-{self.seed}-{self.split}-{start + k:09d}"
+        return collate(items)
 
 
 def shapes_items(
@@ -394,11 +440,10 @@ def shapes_items(
     """Samples ``start .. start + n - 1`` of the shapes-world stream (one process's micro-batch)."""
     from unclip.data.shapes import ShapesStream
 
-    stream = ShapesStream(
-        size=size, seed=seed, split=split, start=start, rank=0, world_size=1, extra_sizes=extra_sizes
-    )  # type: ignore[arg-type]
-    it = iter(stream)
-    return [next(it) for _ in range(n)]
+    stream = ShapesStream(size=size, seed=seed, split=split, extra_sizes=extra_sizes)  # type: ignore[arg-type]
+    # By global index, not by iterating: inside a DataLoader worker the stream would take only
+    # that worker's share of the indices.
+    return [stream.item(i) for i in range(start, start + n)]
 
 
 def edit_scene(spec: Any, rng: np.random.Generator, tries: int = 4) -> Any | None:
@@ -529,14 +574,14 @@ def open_data(
             if given, else at this size).
         batch_size: samples per batch.
         seed: shuffling / stream seed.
-        num_workers: DataLoader workers for folder and shard data.
+        num_workers: worker processes loading (or, for the shapes world, rendering) batches.
 
     Raises:
         UserError: the spec names nothing usable.
     """
     kind = describe_data(spec)
     if kind == "shapes":
-        return ShapesBatches(parse_size(spec, image_size), batch_size, seed=seed)
+        return ShapesBatches(parse_size(spec, image_size), batch_size, seed=seed, num_workers=num_workers)
     if kind == "synthetic":
         n = parse_size(spec, 256)
         return MapBatches(SyntheticCaptions(n, image_size, seed=0), batch_size, seed=seed)
@@ -589,6 +634,7 @@ def iter_ordered(
     limit: int | None = None,
     split: str = "train",
     seed: int = 0,
+    num_workers: int = 0,
 ) -> Iterator[dict[str, Any]]:
     """Batches of a dataset in a fixed order, once, from sample ``start`` (for ``unclip embed``).
 
@@ -603,22 +649,14 @@ def iter_ordered(
         limit: stop after this many samples in total (counting the skipped ones).
         split: emoji build split ("train", "val", ...) or shapes split ("train", "heldout").
         seed: shapes stream seed.
+        num_workers: worker processes rendering shapes-world batches ahead (0: render here).
     """
     kind = describe_data(spec)
     if kind == "shapes":
         if limit is None:
             raise UserError("the shapes world is endless: give the number of samples to embed (--limit N)")
-        from unclip.data.shapes import ShapesStream
-
-        stream = iter(ShapesStream(size=parse_size(spec, image_size), seed=seed, split=split, start=start))
-        i = start
-        while i < limit:
-            n = min(batch_size, limit - i)
-            items = [next(stream) for _ in range(n)]
-            for k, it in enumerate(items):
-                it["key"] = f"shapes-{seed}-{split}-{i + k:09d}"
-            yield collate(items)
-            i += n
+        make = _OrderedShapes(parse_size(spec, image_size), seed, split, batch_size, limit)
+        yield from ordered_map(make, range(start, limit, batch_size), num_workers)
         return
     if kind == "wds":
         from unclip.data.wds import WebDatasetShards

@@ -25,9 +25,11 @@ Run directory layout::
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ from unclip.errors import UserError
 from unclip.train.config import TrainConfig
 from unclip.train.data import BatchStream, collate, describe_data, open_data
 from unclip.train.loop import Trainer, TrainResult
+from unclip.train.prefetch import ordered_map
 
 logger = logging.getLogger(__name__)
 
@@ -73,24 +76,32 @@ class ShapesPairs:
         split: str = "train",
         rank: int | None = None,
         world_size: int | None = None,
+        num_workers: int = 0,
     ) -> None:
         from unclip.train.data import rank_share
 
         self.size, self.extra_sizes = size, tuple(s for s in extra_sizes if s != size)
         self.batch_size, self.seed, self.split = batch_size, seed, split
         self.rank, self.world_size = rank_share(rank, world_size)
+        self.num_workers = num_workers
         self.position = 0
+        self._batches: Iterator[dict[str, Any]] | None = None
 
     def __iter__(self) -> ShapesPairs:
         return self
 
     def __next__(self) -> dict[str, Any]:
-        from unclip.train.data import shapes_items
-
-        start = self.position + self.rank * self.batch_size
-        items = shapes_items(self.size, self.seed, self.split, start, self.batch_size, self.extra_sizes)
+        if self._batches is None:  # (re)start the workers at the current position
+            make = functools.partial(
+                _shapes_batch, self.size, self.seed, self.split, self.batch_size, self.extra_sizes
+            )
+            keys = itertools.count(
+                self.position + self.rank * self.batch_size, self.batch_size * self.world_size
+            )
+            self._batches = ordered_map(make, keys, self.num_workers)
+        batch = next(self._batches)
         self.position += self.batch_size * self.world_size
-        return collate(items)
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": "shapes_pairs", "position": self.position, "seed": self.seed, "size": self.size}
@@ -103,6 +114,16 @@ class ShapesPairs:
         ):
             raise UserError(f"cannot resume the data stream: saved {state}, now {self.state_dict()}")
         self.position = int(state["position"])
+        self._batches = None
+
+
+def _shapes_batch(
+    size: int, seed: int, split: str, n: int, extra_sizes: Sequence[int], start: int
+) -> dict[str, Any]:
+    """The :class:`ShapesPairs` batch whose first stream sample is ``start`` (runs in workers)."""
+    from unclip.train.data import shapes_items
+
+    return collate(shapes_items(size, seed, split, start, n, extra_sizes))
 
 
 class ClipBatches:
@@ -194,7 +215,7 @@ def image_stream(
             )
         extra = [clip_size] if clip_size and clip_size != size else []
         key = f"image_{clip_size}" if extra else "image"
-        return ShapesPairs(size, extra, batch_size, seed=seed), key
+        return ShapesPairs(size, extra, batch_size, seed=seed, num_workers=num_workers), key
     if clip_size and clip_size > size:
         # CLIP sees the images at its own resolution (as it will at sampling time, where the prior
         # predicts embeddings of full-resolution images); the decoder learns the downsized copy.
@@ -502,7 +523,7 @@ def train_decoder(
         guidance_scale: decoder guidance for those samples.
         sample_steps: sampler steps for those samples.
         gradient_checkpointing: trade compute for memory in the UNet.
-        num_workers: data loader workers (folders and shards).
+        num_workers: data loading (shapes: rendering) worker processes.
         device: default from the environment.
 
     Raises:

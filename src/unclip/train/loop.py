@@ -232,7 +232,9 @@ class Trainer:
             "step": self.step,
             "train_seconds": self.train_seconds,
             "cpu_seconds": self.cpu_seconds,
-            "total_steps": self.total_steps,
+            # The schedule's end as the time budget set it (None: config.steps, which a resume
+            # with a larger --steps may extend).
+            "budget_steps": self.total_steps if self.config.time_budget > 0 else None,
             "wall_seconds": self.wall_seconds,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -252,8 +254,9 @@ class Trainer:
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.cpu_seconds = float(state.get("cpu_seconds", 0.0))
-        self.total_steps = min(int(state.get("total_steps", self.config.steps)), self.config.steps)
-        self.schedule.total = max(self.total_steps, 1)
+        if self.config.time_budget > 0 and state.get("budget_steps") is not None:
+            self.total_steps = min(int(state["budget_steps"]), self.config.steps)
+            self.schedule.total = max(self.total_steps, 1)
         self.wall_seconds = float(state.get("wall_seconds", 0.0))
         mine = state["ranks"][self.dist.rank] if state.get("ranks") else state
         self.data.load_state_dict(mine["data"])

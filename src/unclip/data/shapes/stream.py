@@ -190,22 +190,26 @@ class ShapesStream(IterableDataset):
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         return rank * nw + wid, world * nw
 
+    def item(self, index: int) -> dict[str, Any]:
+        """Global sample ``index`` of this stream (whatever the process's share)."""
+        spec, text = make_sample(
+            self.seed, index, self.split, self.caption_mode, self.num_objects, self.texture_prob
+        )
+        item: dict[str, Any] = {
+            "image": image_tensor(spec, self.size),
+            "caption": text,
+            "spec": spec.to_dict(),
+            "index": index,
+        }
+        for px in self.extra_sizes:
+            item[f"image_{px}"] = image_tensor(spec, px)
+        return item
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         k, n = self._share()
         index = self.start + k
         while True:
-            spec, text = make_sample(
-                self.seed, index, self.split, self.caption_mode, self.num_objects, self.texture_prob
-            )
-            item: dict[str, Any] = {
-                "image": image_tensor(spec, self.size),
-                "caption": text,
-                "spec": spec.to_dict(),
-                "index": index,
-            }
-            for px in self.extra_sizes:
-                item[f"image_{px}"] = image_tensor(spec, px)
-            yield item
+            yield self.item(index)
             index += n
 
 
