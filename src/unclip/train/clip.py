@@ -152,7 +152,9 @@ def clip_loss(
     pixels = clip.preprocess(batch["image"].to(device))
     ids, mask = clip.tokenize(batch["caption"])
     img, txt, scale = clip(pixels, ids, mask)
-    if "spec" in batch:
+    if "positives" in batch:  # computed by the data workers
+        positives = batch["positives"].t().to(device)
+    elif "spec" in batch:
         positives = shapes_positives(batch["caption"], batch["spec"]).t().to(device)
     else:
         positives = caption_positives(batch["caption"], device)

@@ -333,7 +333,8 @@ class ShapesBatches:
     objects keep their attributes and cells) and captioned afresh. Contrastive training on random
     batches can match captions by colour and background alone and never learn shape or position
     (measured: docs/clip.md); a near-identical image that differs in one attribute makes that
-    attribute necessary. Batch order: the B/2 stream samples, then their B/2 edits.
+    attribute necessary. Batch order: the B/2 stream samples, then their B/2 edits. Counterfactual
+    batches also carry CLIP's ``positives`` (see :func:`unclip.train.clip.shapes_positives`).
 
     ``background_edits`` is the fraction of edits that change the background instead (objects
     untouched); both captions of such a pair then name their background. Otherwise only a fifth of
@@ -411,10 +412,15 @@ class _ShapesBatchAt:
 
     def __call__(self, start: int) -> dict[str, Any]:
         items = shapes_items(self.size, self.seed, self.split, start, self.n)
-        if self.counterfactual:
-            pairs = [counterfactual_pair(it, self.seed, self.size, self.background_edits) for it in items]
-            items = [a for a, _ in pairs] + [b for _, b in pairs]
-        return collate(items)
+        if not self.counterfactual:
+            return collate(items)
+        from unclip.train.clip import shapes_positives
+
+        pairs = [counterfactual_pair(it, self.seed, self.size, self.background_edits) for it in items]
+        batch = collate([a for a, _ in pairs] + [b for _, b in pairs])
+        # CLIP's positives: O(B^2) caption checks, so here (in a worker) rather than in the step.
+        batch["positives"] = shapes_positives(batch["caption"], batch["spec"])
+        return batch
 
 
 @dataclasses.dataclass(frozen=True)
