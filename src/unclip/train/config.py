@@ -33,7 +33,8 @@ class TrainConfig(Config):
         seed: seeds torch, numpy, python and the data stream.
         time_budget: wall-clock seconds the training loop may take over all its sessions; 0 = off.
             The schedule then ends at the step that fits: the loop measures its step rate after
-            a few steps and shrinks ``steps`` (never grows it) so the cosine decay still finishes.
+            a few steps and shrinks ``steps`` (never grows it), re-aiming as the rate moves, so the
+            cosine decay still finishes.
     """
 
     steps: int = 1000

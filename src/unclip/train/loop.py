@@ -439,8 +439,8 @@ class Trainer:
 
         Out of time: stop now. Otherwise, from the step rate since ``mark``, re-aim
         ``total_steps`` (never beyond ``config.steps``) at step 25 after the mark and then every
-        100 steps, until 60 % of the way, so the cosine decay finishes close to the budget and the
-        last steps keep a settled schedule.
+        100 steps, until 90 % of the way (the rate moves when other jobs share the machine), so the
+        cosine decay finishes close to the budget and the last steps keep a settled schedule.
         """
         budget = self.config.time_budget
         # Every rank decides from the slowest rank's clock, so all stop at the same step.
@@ -448,7 +448,7 @@ class Trainer:
         if wall >= budget:
             self.total_steps = self.step  # ends the loop: the budget is the run's end, not an interruption
             return
-        if mark is None or self.step >= 0.6 * self.total_steps:
+        if mark is None or self.step >= 0.9 * self.total_steps:
             return
         since = self.step - mark[0]
         if since < 25 or (since - 25) % 100:
