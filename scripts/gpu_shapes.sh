@@ -38,11 +38,13 @@ sec() { $PY -c "print(max(int($1 * $T), 5))"; }
 DEADLINE=$(sec 470)
 
 # stage NAME ARGS...: run `unclip ARGS` in the background, log to W/logs/NAME.log, rc to W/NAME.rc.
+# A stage still running 15 s after the deadline gets SIGTERM (a trainer saves and exports), so the
+# pack below always runs inside the call.
 stage() {
     local name=$1
     shift
     echo "[$(now) s] start $name"
-    ($PY -m unclip -q "$@" >"$W/logs/$name.log" 2>&1
+    (timeout -s TERM -k 30 $((DEADLINE + $(sec 15) - $(now))) $PY -m unclip -q "$@" >"$W/logs/$name.log" 2>&1
         echo $? >"$W/$name.rc"
         echo "[$(now) s] done $name rc=$(cat "$W/$name.rc")") &
     eval "PID_$name=$!"

@@ -543,7 +543,10 @@ def train_decoder(
     if clip:
         from unclip.clip import load_encoder
 
-        encoder = load_encoder(clip, device=device or "cpu")
+        from unclip.nn.precision import resolve_device
+
+        # On the training device: the frozen CLIP encodes every batch.
+        encoder = load_encoder(clip, device=str(resolve_device(device)))
         model = with_clip_dims(model, encoder.embed_dim, encoder.token_width)
     elif embeddings:
         from unclip.train.prior import data_fields, open_embeddings
