@@ -97,38 +97,7 @@ echo "[$(now) s] training done"
 
 # Pack: every export as a bf16 component directory (the CLIP stays fp32: it is small and may be
 # fine-tuned again), with the logs, into one tar split into 15 MiB parts.
-$PY - "$W" "$W/pack" <<'EOF'
-import json, shutil, sys
-from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
-
-work, pack = Path(sys.argv[1]), Path(sys.argv[2])
-shutil.rmtree(pack, ignore_errors=True)
-summary = {}
-for run in sorted(p for p in work.iterdir() if p.is_dir() and p.name not in ("pack", "logs")):
-    dest = pack / run.name
-    dest.mkdir(parents=True)
-    for name in ("log.csv", "eval.csv", "run.json"):
-        if (run / name).is_file():
-            shutil.copy(run / name, dest / name)
-    for comp in run.iterdir():
-        if not (comp / "component.json").is_file():
-            continue
-        shutil.copytree(comp, dest / comp.name)
-        weights = dest / comp.name / "model.safetensors"
-        if json.loads((comp / "component.json").read_text())["kind"] != "clip":
-            with open(weights, "rb") as f:
-                head = f.read(8)
-                meta = json.loads(f.read(int.from_bytes(head, "little"))).get("__metadata__")
-            tensors = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(weights).items()}
-            save_file(tensors, weights, metadata=meta)
-    rows = (run / "log.csv").read_text().splitlines() if (run / "log.csv").is_file() else []
-    summary[run.name] = rows[-1] if len(rows) > 1 else None
-(pack / "summary.json").write_text(json.dumps(summary, indent=1))
-print(json.dumps(summary, indent=1))
-EOF
+$PY scripts/gpu_pack.py "$W" "$W/pack"
 cp -r "$W/logs" "$W/pack/logs"
 for f in "$W"/*.rc; do echo "$(basename "$f" .rc) rc=$(cat "$f")"; done | tee "$W/pack/rc.txt"
 tar -cf "$W/pack.tar" -C "$W" pack
