@@ -1,5 +1,10 @@
 """Retrain a shipped bundle from scratch, stage by stage, resumable (docs/bundles.md).
 
+The shapes recipe is the bundle's CPU lineage; it ends at the v5 bundle. The shipped v6 continues
+from its ``clip_p2`` and ``decoder_p`` on a GPU (scripts/gpu_shapes.sh, then
+scripts/gpu_shapes_decoder.sh) and retrains the priors on this CPU (docs/bundles.md, "v6: the GPU
+run").
+
     python scripts/train_bundle.py shapes --out runs/bundle-shapes          # about 5 h on 2 cores
     python scripts/train_bundle.py emoji --out runs/bundle-emoji            # needs the emoji sources
     python scripts/train_bundle.py shapes --out runs/bundle-shapes --dry-run
