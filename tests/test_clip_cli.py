@@ -167,6 +167,20 @@ def test_embed_shapes_stores_specs(trained, tmp_path, capsys):
     assert "--limit" in capsys.readouterr().err
 
 
+def test_embed_workers_write_the_same_shards(trained, tmp_path):
+    outs = []
+    for workers in ("0", "2"):
+        out = tmp_path / f"w{workers}"
+        args = ["-q", "embed", "--clip", str(trained / "clip"), "--data", "shapes:16", "--out", str(out)]
+        assert (
+            main([*args, "--limit", "9", "--batch-size", "4", "--workers", workers, "--device", "cpu"]) == 0
+        )
+        outs.append(EmbeddingShards(out).get_batch(range(9)))
+    a, b = outs
+    assert a["key"] == b["key"] and a["caption"] == b["caption"]
+    assert torch.equal(a["image_emb"], b["image_emb"]) and torch.equal(a["text_tokens"], b["text_tokens"])
+
+
 def test_evaluate_shapes_writes_report(trained, tmp_path):
     out = tmp_path / "eval"
     assert (

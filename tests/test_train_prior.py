@@ -127,3 +127,17 @@ def test_evaluate_prior_suite_end_to_end(tmp_path, capsys):
     assert set(res["sweeps"]) == {"diffusion prior", "AR prior"} and res["speed"]["AR prior"]["per_s"] > 0
     assert "| diffusion prior |" in (tmp_path / "ev" / "results.md").read_text()
     assert main(["evaluate", "--prior", str(tmp_path / "diff"), "--suite", "shapes"]) == 2  # no --clip
+
+
+def test_cli_time_budget_ends_the_run_early_and_finished(emb_dir, tmp_path):
+    """`--time-budget` reaches TrainConfig, stops far before --steps and counts as a finished run."""
+    out = tmp_path / "run"
+    args = ["-q", "train", "prior", "--kind", "diffusion", "--data", str(emb_dir), "--out", str(out)]
+    args += ["--preset", "prior-diffusion-tiny-test", "--steps", "1000000", "--time-budget", "1.5"]
+    args += ["--sample-every", "0", "--val-size", "16", "--log-every", "1"]
+    assert main(args) == 0  # not 130: the budget is the run's end, not an interruption
+    run = json.loads((out / "run.json").read_text())
+    assert run["train"]["time_budget"] == 1.5
+    steps = [int(r["step"]) for r in csv.DictReader((out / "log.csv").open())]
+    assert 5 <= steps[-1] < 1_000_000
+    assert (out / "prior" / "component.json").is_file()

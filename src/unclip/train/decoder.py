@@ -542,7 +542,6 @@ def train_decoder(
         embeddings, data = data, None
     if clip:
         from unclip.clip import load_encoder
-
         from unclip.nn.precision import resolve_device
 
         # On the training device: the frozen CLIP encodes every batch.
