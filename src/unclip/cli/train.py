@@ -47,7 +47,12 @@ def add_common_args(parser: argparse.ArgumentParser, default_preset: str | None)
         metavar="SECONDS",
         help="train for about this long: the schedule shrinks to the steps that fit (<= --steps)",
     )
-    parser.add_argument("--workers", type=int, default=0, help="data loading worker processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="data loading worker processes (they also render the shapes world: use several on a GPU)",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
