@@ -373,7 +373,7 @@ class ShapesBatches:
     def __next__(self) -> dict[str, Any]:
         n = self.batch_size // 2 if self.counterfactual else self.batch_size
         if self._batches is None:  # (re)start the workers at the current position
-            make = _ShapesBatchAt(
+            make = ShapesBatchAt(
                 self.size, self.seed, self.split, n, self.counterfactual, self.background_edits
             )
             keys = itertools.count(self.position + self.rank * n, n * self.world_size)
@@ -399,19 +399,20 @@ class ShapesBatches:
 
 
 @dataclasses.dataclass(frozen=True)
-class _ShapesBatchAt:
-    """The batch of :class:`ShapesBatches` whose first stream sample is ``start`` (picklable, so
-    worker processes can compute it)."""
+class ShapesBatchAt:
+    """The shapes-world batch whose first stream sample is ``start`` (for :class:`ShapesBatches`
+    and the decoder's ``ShapesPairs``; picklable, so worker processes can compute it)."""
 
     size: int
     seed: int
     split: str
     n: int
-    counterfactual: bool
-    background_edits: float
+    counterfactual: bool = False
+    background_edits: float = 0.0
+    extra_sizes: tuple[int, ...] = ()  # more renders of each scene, as ``image_<px>``
 
     def __call__(self, start: int) -> dict[str, Any]:
-        items = shapes_items(self.size, self.seed, self.split, start, self.n)
+        items = shapes_items(self.size, self.seed, self.split, start, self.n, self.extra_sizes)
         if not self.counterfactual:
             return collate(items)
         from unclip.train.clip import shapes_positives

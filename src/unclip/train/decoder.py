@@ -25,7 +25,6 @@ Run directory layout::
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import logging
@@ -42,7 +41,7 @@ from torch import nn
 from unclip.checkpoint import atomic_write_bytes, save_component
 from unclip.errors import UserError
 from unclip.train.config import TrainConfig
-from unclip.train.data import BatchStream, collate, describe_data, open_data
+from unclip.train.data import BatchStream, ShapesBatchAt, describe_data, open_data
 from unclip.train.loop import Trainer, TrainResult
 from unclip.train.prefetch import ordered_map
 
@@ -92,8 +91,8 @@ class ShapesPairs:
 
     def __next__(self) -> dict[str, Any]:
         if self._batches is None:  # (re)start the workers at the current position
-            make = functools.partial(
-                _shapes_batch, self.size, self.seed, self.split, self.batch_size, self.extra_sizes
+            make = ShapesBatchAt(
+                self.size, self.seed, self.split, self.batch_size, extra_sizes=self.extra_sizes
             )
             keys = itertools.count(
                 self.position + self.rank * self.batch_size, self.batch_size * self.world_size
@@ -115,15 +114,6 @@ class ShapesPairs:
             raise UserError(f"cannot resume the data stream: saved {state}, now {self.state_dict()}")
         self.position = int(state["position"])
         self._batches = None
-
-
-def _shapes_batch(
-    size: int, seed: int, split: str, n: int, extra_sizes: Sequence[int], start: int
-) -> dict[str, Any]:
-    """The :class:`ShapesPairs` batch whose first stream sample is ``start`` (runs in workers)."""
-    from unclip.train.data import shapes_items
-
-    return collate(shapes_items(size, seed, split, start, n, extra_sizes))
 
 
 class ClipBatches:
