@@ -12,7 +12,9 @@
 #      background separation was still improving, docs/clip.md); then a decoder fine-tuned from
 #      the shipped one on its embeddings, and both priors on its embeddings.
 # The exports come back as bf16 component directories packed in OUT/pack.tar.part-* (the device
-# tool returns at most 8 files of 16 MiB). Which candidate ships is decided on the CPU by
+# tool returns at most 8 files of 16 MiB). On the H200 (2026-11-27) the stages shared 16 cores and
+# waited for data 41-98 % of the time; the priors got ~50 steps and were retrained on the CPU
+# (docs/bundles.md). Which candidate ships is decided on the CPU by
 # bench/shapes_fidelity.py and `unclip evaluate --quick`, never here.
 #
 # Scale knobs for a dry run on a CPU: T (multiplies every time), LIMIT (embeddings per CLIP),
@@ -57,6 +59,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 $PY -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), sys.version.split()[0])"
 
 TRAIN_PRIOR=(--steps 12000 --batch-size "$BS_PRIOR" --warmup 200 --sample-every 2000 --save-every 2000 --log-every 100)
+# priors X SEED: both priors on W/embed_X, in the background, until the deadline.
+priors() {
+    stage "prior_$1" train prior --kind diffusion --data "$W/embed_$1" --preset prior-diffusion-shapes-bundle \
+        "${TRAIN_PRIOR[@]}" --time-budget "$(left)" --seed "$2" --out "$W/prior_$1"
+    stage "prior_ar_$1" train prior --kind ar --data "$W/embed_$1" --preset prior-ar-shapes-bundle \
+        "${TRAIN_PRIOR[@]}" --time-budget "$(left)" --seed $(($2 + 1)) --out "$W/prior_ar_$1"
+}
 
 stage clip_q train clip --data shapes --preset clip-shapes-resnet-color --aux-attributes 1 \
     --init-from "$CLIP0" --aux-shape-weight 20 --aux-background-weight 5 --background-edits 0.25 \
@@ -70,10 +79,7 @@ stage decoder_s train decoder --data shapes --clip "$CLIP0" --preset decoder-sha
 
 wait_for embed_s
 if ok embed_s; then
-    stage prior_s train prior --kind diffusion --data "$W/embed_s" --preset prior-diffusion-shapes-bundle \
-        "${TRAIN_PRIOR[@]}" --time-budget "$(left)" --seed 31 --out "$W/prior_s"
-    stage prior_ar_s train prior --kind ar --data "$W/embed_s" --preset prior-ar-shapes-bundle \
-        "${TRAIN_PRIOR[@]}" --time-budget "$(left)" --seed 32 --out "$W/prior_ar_s"
+    priors s 31
 fi
 
 wait_for clip_q
@@ -86,10 +92,7 @@ if ok clip_q; then
         --workers $((NW * 2)) --out "$W/embed_q"
     wait_for embed_q
     if ok embed_q; then
-        stage prior_q train prior --kind diffusion --data "$W/embed_q" --preset prior-diffusion-shapes-bundle \
-            "${TRAIN_PRIOR[@]}" --time-budget "$(left)" --seed 33 --out "$W/prior_q"
-        stage prior_ar_q train prior --kind ar --data "$W/embed_q" --preset prior-ar-shapes-bundle \
-            "${TRAIN_PRIOR[@]}" --time-budget "$(left)" --seed 34 --out "$W/prior_ar_q"
+        priors q 33
     fi
 fi
 wait
