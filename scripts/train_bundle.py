@@ -1,20 +1,23 @@
 """Retrain a shipped bundle from scratch, stage by stage, resumable (docs/bundles.md).
 
-The shapes recipe is the bundle's CPU lineage; it ends at the v5 bundle. The shipped v6 continues
-from its ``clip_p2`` and ``decoder_p`` on a GPU (scripts/gpu_shapes.sh, then
-scripts/gpu_shapes_decoder.sh) and retrains the priors on this CPU (docs/bundles.md, "v6: the GPU
-run").
-
-    python scripts/train_bundle.py shapes --out runs/bundle-shapes          # about 5 h on 2 cores
+    python scripts/train_bundle.py shapes --out runs/bundle-shapes          # 2 h on 2 cores
     python scripts/train_bundle.py emoji --out runs/bundle-emoji            # needs the emoji sources
     python scripts/train_bundle.py shapes --out runs/bundle-shapes --dry-run
+
+``shapes`` is the 2-hour recipe: every stage after run H's curriculum has a ``--time-budget``, so
+the lanes end within two hours by construction (:func:`plan`). ``shapes-lineage`` is the CPU
+lineage of the v5 bundle (about 5.7 h). The shipped v6 continues that lineage's ``clip_p2`` and
+``decoder_p`` on a GPU (scripts/gpu_shapes.sh, then scripts/gpu_shapes_decoder.sh) and retrains
+the priors on this CPU (docs/bundles.md, "v6: the GPU run").
 
 Each stage is one ``unclip`` command whose ``--out`` is a run directory under ``--out``. Stages run in
 two lanes, one per core (``OMP_NUM_THREADS=1`` each), and a stage starts when the stages it needs
 are done:
 
-    shapes, lane 1: clip -> clip_b -> clip_j -> clip_k -> clip_l -> clip_n -> clip_p -> clip_p2 -> embed
-                    -> prior -> prior_ar -> upsampler -> upsampler_ft -> upsampler_ft2
+    shapes, lane 1: clip -> clip_b -> clip_j -> embed -> prior -> prior_ar -> (upsampler) upsampler_ft
+            lane 2: upsampler -> (clip_b) decoder -> (clip_j) decoder_j
+    shapes-lineage, lane 1: clip -> clip_b -> clip_j -> clip_k -> clip_l -> clip_n -> clip_p -> clip_p2
+                    -> embed -> prior -> prior_ar -> upsampler -> upsampler_ft -> upsampler_ft2
             lane 2: (clip_b) decoder -> decoder_ft -> (clip_k) decoder_k -> (clip_n) decoder_n -> decoder_n2
                     -> (clip_p2) decoder_p
     emoji:  see RECIPES
@@ -57,7 +60,72 @@ def clip_finetune(
 
 #: Stage recipes per bundle: (name, lane, needs, argv after ``unclip -q``). ``{out}`` is --out.
 RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
+    # The 2-hour recipe (docs/bundles.md): every stage under --time-budget, so the whole recipe
+    # fits two hours on two cores by construction. Run H's probe-first curriculum on the
+    # global-colour preset (33 min), then one fine-tune at a higher shape weight with background
+    # edits (runs J-P in one, 20 min). The decoder starts on run H's tower while that fine-tune
+    # runs and follows it (the lineage's CLIP-hopping, once).
     "shapes": [
+        (
+            "clip", 1, (),
+            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet-color", "--aux-attributes", "1",
+             "--aux-shape-weight", "3", "--aux-background-weight", "5", "--probe-first", "500", "--steps", "1800",
+             "--stop-at", "1018", "--out", "{out}/clip"],
+        ),
+        (
+            "clip_b", 1, ("clip",),
+            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet-color", "--aux-attributes", "1",
+             "--aux-shape-weight", "6", "--aux-background-weight", "5", "--probe-first", "500", "--steps", "1800",
+             "--out", "{out}/clip"],
+        ),
+        (
+            "clip_j", 1, ("clip_b",),
+            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet-color", "--aux-attributes", "1",
+             "--init-from", "{out}/clip/clip", "--aux-shape-weight", "12", "--aux-background-weight", "5",
+             "--background-edits", "0.25", "--steps", "1500", "--time-budget", "1200", "--lr", "3e-4",
+             "--warmup", "50", "--seed", "1", "--out", "{out}/clip_j"],
+        ),
+        (
+            "embed", 1, ("clip_j",),
+            ["embed", "--clip", "{out}/clip_j/clip", "--data", "shapes", "--limit", "100000", "--out", "{out}/embed"],
+        ),
+        (
+            "prior", 1, ("embed",),
+            ["train", "prior", "--kind", "diffusion", "--data", "{out}/embed", "--preset",
+             "prior-diffusion-shapes-bundle", "--steps", "2800", "--time-budget", "960", "--out", "{out}/prior"],
+        ),
+        (
+            "prior_ar", 1, ("embed",),
+            ["train", "prior", "--kind", "ar", "--data", "{out}/embed", "--preset", "prior-ar-shapes-bundle",
+             "--time-budget", "420", "--out", "{out}/prior_ar"],
+        ),
+        # The upsampler's blur phase fills lane 2 until run H's tower is ready; its sharp phase
+        # fills lane 1 after the priors (docs/decoder.md).
+        (
+            "upsampler", 2, (),
+            ["train", "upsampler", "--data", "shapes", "--preset", "upsampler-32-128", "--steps", "1500",
+             "--time-budget", "1900", "--out", "{out}/upsampler"],
+        ),
+        (
+            "upsampler_ft", 1, ("upsampler", "prior_ar"),
+            ["train", "upsampler", "--data", "shapes", "--preset", "upsampler-32-128-sharp", "--steps", "1800",
+             "--time-budget", "1500", "--init-from", "{out}/upsampler/upsampler", "--out", "{out}/upsampler_ft"],
+        ),
+        (
+            "decoder", 2, ("clip_b", "upsampler"),
+            ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip/clip", "--preset", "decoder-shapes-flat",
+             "--steps", "3000", "--time-budget", "1140", "--out", "{out}/decoder"],
+        ),
+        (
+            "decoder_j", 2, ("decoder", "clip_j"),
+            ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip_j/clip", "--preset", "decoder-shapes-flat",
+             "--steps", "6000", "--time-budget", "3540", "--lr", "5e-4", "--warmup", "100", "--sample-every", "1000",
+             "--seed", "2", "--init-from", "{out}/decoder/decoder", "--out", "{out}/decoder_j"],
+        ),
+    ],
+    # The v5 bundle's whole CPU lineage (about 5.7 h; docs/bundles.md): each CLIP was improved in
+    # turn and the decoder and priors followed it.
+    "shapes-lineage": [
         # CLIP run H: the attribute probe alone for 500 steps, then InfoNCE + probe; the probe's
         # shape weight rises from 3 to 6 at step 1018 because shape was slipping (docs/clip.md).
         (
@@ -215,6 +283,32 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
         ),
     ],
 }  # fmt: skip
+#: Measured wall seconds of the stages that run without a --time-budget (one thread; run H's two
+#: phases at about 1.05 s per step, embedding at about 330 scenes/s), for :func:`plan`.
+UNBUDGETED = {"clip": 1100, "clip_b": 820, "embed": 310}
+#: Seconds each stage takes to start (imports, data, model) and to save at the end, beyond its budget.
+OVERHEAD = 20
+
+
+def plan(recipe: str) -> dict[str, tuple[float, float]]:
+    """Each stage's (start, end) in seconds from the recipe's start, as the lanes schedule it.
+
+    A stage starts when its lane's previous stage and the stages it needs have ended; it lasts its
+    ``--time-budget`` (or its :data:`UNBUDGETED` time) plus :data:`OVERHEAD`. ``KeyError`` for a
+    stage with neither.
+    """
+    times: dict[str, tuple[float, float]] = {}
+    lane_end: dict[int, float] = {}
+    for name, lane, needs, argv in RECIPES[recipe]:
+        budget = float(argv[argv.index("--time-budget") + 1]) if "--time-budget" in argv else UNBUDGETED[name]
+        start = max([lane_end.get(lane, 0.0), *(times[n][1] for n in needs)])
+        times[name] = (start, start + budget + OVERHEAD)
+        lane_end[lane] = times[name][1]
+    return times
+
+
+#: The bundle each recipe trains (several recipes may train one bundle).
+BUNDLE = {"shapes": "shapes", "shapes-lineage": "shapes", "emoji": "emoji"}
 DEFAULTS = {
     # DPM-Solver++(2M) 20 matches DDIM 50's fidelity and FD at 0.4x its time (bench/quality_per_compute.py).
     "shapes": {"decoder_steps": 20, "decoder_sampler": "dpmpp_2m", "upsampler_steps": [3]},
@@ -222,7 +316,9 @@ DEFAULTS = {
 }
 #: The stage whose run directory provides each component of the assembled model.
 FINAL = {
-    "shapes": {"clip": "clip_p2", "decoder": "decoder_p", "prior": "prior", "prior_ar": "prior_ar",
+    "shapes": {"clip": "clip_j", "decoder": "decoder_j", "prior": "prior", "prior_ar": "prior_ar",
+               "upsampler": "upsampler_ft"},
+    "shapes-lineage": {"clip": "clip_p2", "decoder": "decoder_p", "prior": "prior", "prior_ar": "prior_ar",
                "upsampler": "upsampler_ft2"},
     "emoji": {"clip": "clip", "decoder": "decoder", "prior": "prior", "prior_ar": "prior_ar",
               "upsampler": "upsampler"},
@@ -262,7 +358,8 @@ class Runner:
         return self.out / f"{name}.done"
 
     def command(self, stage: Stage) -> list[str]:
-        argv = ["unclip", "-q", *(a.format(out=self.out) for a in stage.argv)]
+        # The unclip of this interpreter (as `unclip`, without needing its bin/ on PATH).
+        argv = [sys.executable, "-m", "unclip", "-q", *(a.format(out=self.out) for a in stage.argv)]
         run_dir = stage.run_dir(self.out)
         resumable = (run_dir / "state.pt").is_file() or (stage.name == "embed" and run_dir.is_dir())
         return [*argv, "--resume"] if resumable else argv
@@ -331,6 +428,14 @@ class Runner:
         return True
 
     def lane(self, number: int) -> None:
+        try:
+            self._lane(number)
+        except Exception as e:  # a lane that dies must fail the recipe, not let it assemble
+            print(f"lane {number} failed: {e!r}", flush=True)
+            with self.lock:
+                self.failed.append(f"lane {number}")
+
+    def _lane(self, number: int) -> None:
         selected = {s.name for s in self.stages}
         for stage in [s for s in self.stages if s.lane == number]:
             while self.running_elsewhere(stage.name):
@@ -382,7 +487,7 @@ def assemble(out: Path, bundle: str) -> Path:
         sys.executable, str(Path(__file__).with_name("assemble_model.py")), "--out", str(model),
         "--clip", src["clip"], "--decoder", src["decoder"], "--prior", src["prior"],
         "--prior-ar", src["prior_ar"], "--upsampler", src["upsampler"], "--dtype", "bf16",
-        "--defaults", json.dumps(DEFAULTS[bundle]),
+        "--defaults", json.dumps(DEFAULTS[BUNDLE[bundle]]),
     ]  # fmt: skip
     subprocess.check_call(cmd)
     return model
@@ -411,6 +516,12 @@ def main() -> int:
     if not runner.run():
         print(f"stage {', '.join(runner.failed)} failed; see {out}/<stage>.log, then run again to resume")
         return 1
+    if a.dry_run and not a.stages:
+        try:
+            end = max(stop for _, stop in plan(a.bundle).values())
+            print(f"planned: the lanes end after about {end / 60:.0f} min (before assembly and evaluation)")
+        except KeyError:
+            pass  # a recipe whose stages are not all budgeted or measured
     if a.dry_run or a.stages:
         return 0
     model = assemble(out, a.bundle)
@@ -420,7 +531,7 @@ def main() -> int:
             "eval",
             1,
             (),
-            ["evaluate", "--model", str(model), *EVALS[a.bundle], "--out", "{out}/eval"],
+            ["evaluate", "--model", str(model), *EVALS[BUNDLE[a.bundle]], "--out", "{out}/eval"],
         )
         if not runner.run_stage(eval_stage):
             return 1

@@ -9,18 +9,24 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_bundle.py"
 SHAPES_STAGES = [
+    "clip", "clip_b", "clip_j", "embed", "prior", "prior_ar", "upsampler", "upsampler_ft", "decoder",
+    "decoder_j",
+]  # fmt: skip
+LINEAGE_STAGES = [
     "clip", "clip_b", "clip_j", "clip_k", "clip_l", "clip_n", "clip_p", "clip_p2", "embed", "prior",
     "prior_ar", "upsampler", "upsampler_ft", "upsampler_ft2", "decoder", "decoder_ft", "decoder_k",
     "decoder_n", "decoder_n2", "decoder_p",
 ]  # fmt: skip
 
 
-def dry_run(out: Path) -> list[str]:
+def dry_run(out: Path, recipe: str = "shapes") -> list[str]:
     res = subprocess.run(
-        [sys.executable, str(SCRIPT), "shapes", "--out", str(out), "--dry-run"],
+        [sys.executable, str(SCRIPT), recipe, "--out", str(out), "--dry-run"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    return [line.split("] ", 1)[1] for line in res.stdout.splitlines()]
+    if recipe == "shapes":
+        assert res.stdout.splitlines()[-1].startswith("planned: the lanes end after about")
+    return [line.split("] ", 1)[1] for line in res.stdout.splitlines() if line.startswith("[")]
 
 
 def load_script():
@@ -43,6 +49,26 @@ def test_dry_run_lists_every_stage_in_dependency_order(tmp_path):
     lines = dry_run(tmp_path)
     assert [line.split(" ", 1)[0] for line in lines] == SHAPES_STAGES
     assert all("--resume" not in line for line in lines)
+    decoder = next(line for line in lines if line.startswith("decoder_j"))
+    assert f"--clip {tmp_path}/clip_j/clip" in decoder and "--preset decoder-shapes-flat" in decoder
+    assert f"--init-from {tmp_path}/decoder/decoder" in decoder
+
+
+def test_the_shapes_recipe_fits_two_hours_by_construction():
+    """Every stage after run H's curriculum runs under a time budget, and the lanes end in 2 h."""
+    tb = load_script()
+    for name, _, _, argv in tb.RECIPES["shapes"]:
+        assert ("--time-budget" in argv) != (name in tb.UNBUDGETED), name
+    times = tb.plan("shapes")
+    assert max(end for _, end in times.values()) <= 2 * 3600 - 300  # room to assemble and evaluate
+    # the decoder waits for nothing but its CLIP: it starts when run H's tower is ready
+    assert times["decoder"][0] == times["clip_b"][1]
+    assert times["decoder_j"][0] == max(times["decoder"][1], times["clip_j"][1])
+
+
+def test_lineage_dry_run_lists_every_stage_in_dependency_order(tmp_path):
+    lines = dry_run(tmp_path, "shapes-lineage")
+    assert [line.split(" ", 1)[0] for line in lines] == LINEAGE_STAGES
     decoder = next(line for line in lines if line.startswith("decoder_p"))
     assert f"--clip {tmp_path}/clip_p2/clip" in decoder and "--preset decoder-shapes-flat" in decoder
     assert f"--init-from {tmp_path}/decoder_n2/decoder" in decoder
@@ -86,6 +112,21 @@ def test_recipe_defaults_are_the_shipped_bundles_defaults():
 
     module = load_script()
     bundles = Path(__file__).resolve().parents[1] / "src" / "unclip" / "bundles"
+    assert set(module.BUNDLE) == set(module.RECIPES) == set(module.FINAL)
     for name, defaults in module.DEFAULTS.items():
         shipped = json.loads((bundles / name / "model.json").read_text())["defaults"]
         assert {k: shipped[k] for k in defaults} == defaults, name
+
+
+def test_a_lane_that_raises_fails_the_recipe(tmp_path, monkeypatch):
+    """An exception in a lane (say, the command cannot start) stops the run before assembly."""
+    tb = load_script()
+    stages = [tb.Stage(n, lane, needs, argv) for n, lane, needs, argv in tb.RECIPES["shapes"]]
+    runner = tb.Runner(tmp_path, stages, dry_run=False)
+
+    def boom(stage, threads=1):
+        raise FileNotFoundError("no such command")
+
+    monkeypatch.setattr(runner, "run_stage", boom)
+    assert not runner.run()
+    assert sorted(runner.failed) == ["lane 1", "lane 2"]
