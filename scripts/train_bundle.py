@@ -61,22 +61,24 @@ def clip_finetune(
 #: Stage recipes per bundle: (name, lane, needs, argv after ``unclip -q``). ``{out}`` is --out.
 RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
     # The 2-hour recipe (docs/bundles.md): every stage under --time-budget, so the whole recipe
-    # fits two hours on two cores by construction. Run H's probe-first curriculum on the
-    # global-colour preset (33 min), then one fine-tune at a higher shape weight with background
-    # edits (runs J-P in one, 20 min). The decoder starts on run H's tower while that fine-tune
-    # runs and follows it (the lineage's CLIP-hopping, once).
+    # fits two hours on two cores by construction. Run H's probe-first curriculum (27 min), then
+    # one fine-tune that does what runs J-P did in turn: a higher shape weight, the global-colour
+    # path (zero-initialised, so it starts where run H ended), the background probe term and
+    # background edits (20 min). The decoder starts on run H's tower while that fine-tune runs
+    # and then follows it (the lineage's CLIP-hopping, once). A first try that put the colour path
+    # and background term into run H's curriculum read colour 60 / shape 35 / fill 57 % at step
+    # 1,750 against run H's 80 / 60 / 100, and was stopped.
     "shapes": [
         (
             "clip", 1, (),
-            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet-color", "--aux-attributes", "1",
-             "--aux-shape-weight", "3", "--aux-background-weight", "5", "--probe-first", "500", "--steps", "1800",
-             "--stop-at", "1018", "--out", "{out}/clip"],
+            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
+             "--aux-shape-weight", "3", "--probe-first", "500", "--steps", "1800", "--stop-at", "1018",
+             "--out", "{out}/clip"],
         ),
         (
             "clip_b", 1, ("clip",),
-            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet-color", "--aux-attributes", "1",
-             "--aux-shape-weight", "6", "--aux-background-weight", "5", "--probe-first", "500", "--steps", "1800",
-             "--out", "{out}/clip"],
+            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
+             "--aux-shape-weight", "6", "--probe-first", "500", "--steps", "1800", "--out", "{out}/clip"],
         ),
         (
             "clip_j", 1, ("clip_b",),
@@ -104,7 +106,7 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
         (
             "upsampler", 2, (),
             ["train", "upsampler", "--data", "shapes", "--preset", "upsampler-32-128", "--steps", "1500",
-             "--time-budget", "1900", "--out", "{out}/upsampler"],
+             "--time-budget", "1580", "--out", "{out}/upsampler"],
         ),
         (
             "upsampler_ft", 1, ("upsampler", "prior_ar"),
@@ -119,7 +121,7 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
         (
             "decoder_j", 2, ("decoder", "clip_j"),
             ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip_j/clip", "--preset", "decoder-shapes-flat",
-             "--steps", "6000", "--time-budget", "3540", "--lr", "5e-4", "--warmup", "100", "--sample-every", "1000",
+             "--steps", "6000", "--time-budget", "3900", "--lr", "5e-4", "--warmup", "100", "--sample-every", "1000",
              "--seed", "2", "--init-from", "{out}/decoder/decoder", "--out", "{out}/decoder_j"],
         ),
     ],
@@ -285,10 +287,10 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
     ],
 }  # fmt: skip
 #: Measured wall seconds of the stages that run without a --time-budget (one thread), for
-#: :func:`plan`: shapes run H's two phases at about 1.05 s per step and embedding at about 330
+#: :func:`plan`: shapes run H's two phases at about 0.9 s per step and embedding at about 330
 #: scenes/s; the emoji stages as docs/bundles.md lists them.
 UNBUDGETED = {
-    "shapes": {"clip": 1100, "clip_b": 820, "embed": 310},
+    "shapes": {"clip": 930, "clip_b": 680, "embed": 310},
     "emoji": {"data": 150, "clip": 822, "judge": 1200, "embed": 192, "prior": 288, "prior_ar": 582,
               "upsampler": 594},
 }  # fmt: skip
