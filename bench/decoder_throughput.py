@@ -11,7 +11,11 @@ Measures, at the CPU bundle sizes (decoder 32 px, upsampler 32 -> 128 trained on
 
 Timings take the best of several repeats (the CPU may be shared). Run::
 
-    python bench/decoder_throughput.py [--threads 2] [--repeats 3]
+    python bench/decoder_throughput.py [--threads 2] [--repeats 3] [--compile]
+
+``--compile`` adds a last mode, bf16 + channels_last under ``torch.compile`` (the model compiled
+in place, as ``unclip train --compile`` does; compiling is in the warm-up, not the timings, and
+the FLOPs are the eager mode's, the same arithmetic).
 
 On a shared, oversubscribed CPU use ``--threads 1``: OpenMP threads spin-wait on each other
 and bf16 convolution backward passes in particular slow down erratically.
@@ -96,17 +100,28 @@ def make_upsampler(size: int) -> tuple[Upsampler, Callable[[int], dict]]:
 
 
 def measure(
-    model: torch.nn.Module, batch: Callable[[int], dict], train_b: int, eval_b: int, repeats: int
+    model: torch.nn.Module,
+    batch: Callable[[int], dict],
+    train_b: int,
+    eval_b: int,
+    repeats: int,
+    compile_last: bool = False,
 ) -> dict:
-    """Train img/s and eval img-evals/s (+ GFLOP/s) for fp32, bf16 and bf16 + channels_last."""
+    """Train img/s and eval img-evals/s (+ GFLOP/s) for fp32, bf16 and bf16 + channels_last.
+
+    ``compile_last`` adds bf16 + channels_last with the model compiled in place (it stays so).
+    """
     results = {}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tb, eb = batch(train_b), batch(eval_b)
     t_train = torch.randint(0, 1000, (train_b,))
     t_eval = torch.randint(0, 1000, (eval_b,))
-    for name, prec, cl in (("fp32", "fp32", False), ("bf16", "bf16", False), ("bf16+cl", "bf16", True)):
+    modes = [("fp32", "fp32", False), ("bf16", "bf16", False), ("bf16+cl", "bf16", True)]
+    for name, prec, cl in modes + ([("compiled", "bf16", True)] if compile_last else []):
         model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
         model.train()
+        if name == "compiled":
+            model.compile()
 
         def step(prec: str = prec) -> None:
             with autocast("cpu", prec):
@@ -122,7 +137,8 @@ def measure(
             model.zero_grad(set_to_none=True)
 
         train_s = best_time(step, repeats)
-        train_flops = count_flops(fwd_bwd)
+        eager = results.get("bf16+cl")  # the compiled mode does the same arithmetic
+        train_flops = eager["train_flops"] if name == "compiled" else count_flops(fwd_bwd)
         model.eval()
 
         def evaluate(prec: str = prec) -> None:
@@ -130,13 +146,15 @@ def measure(
                 model(eb["x"], t_eval, **eb["kw"])
 
         eval_s = best_time(evaluate, repeats)
-        eval_flops = count_flops(evaluate)
+        eval_flops = eager["eval_flops"] if name == "compiled" else count_flops(evaluate)
         results[name] = {
             "train_img_s": train_b / train_s,
             "train_gflops": train_flops / train_s / 1e9,
             "eval_img_s": eval_b / eval_s,
             "eval_gflops": eval_flops / eval_s / 1e9,
             "gflop_per_img_fwd": eval_flops / eval_b / 1e9,
+            "train_flops": train_flops,
+            "eval_flops": eval_flops,
         }
     model.to(memory_format=torch.contiguous_format)
     return results
@@ -148,6 +166,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32, help="decoder training batch (the bundle preset's)")
     parser.add_argument("--crops", type=int, default=64, help="upsampler training batch of 32 px crops")
+    parser.add_argument("--compile", action="store_true", help="also time bf16 + channels_last compiled")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     mm = {
@@ -161,14 +180,14 @@ def main() -> None:
     rows = []
     dec, dec_batch = make_decoder()
     print(f"decoder: {sum(p.numel() for p in dec.parameters()) / 1e6:.1f}M params, 32 px")
-    rows.append(("decoder 32px", measure(dec, dec_batch, args.batch, 2 * 16, args.repeats)))
+    rows.append(("decoder 32px", measure(dec, dec_batch, args.batch, 2 * 16, args.repeats, args.compile)))
     up, up_crop = make_upsampler(32)
     print(
         f"upsampler: {sum(p.numel() for p in up.parameters()) / 1e6:.1f}M params, train 32 px crops, sample 128 px"
     )
-    train_res = measure(up, up_crop, args.crops, 16, args.repeats)
-    _, up_full = make_upsampler(128)
-    full_res = measure(up, up_full, 4, 4, args.repeats)
+    train_res = measure(up, up_crop, args.crops, 16, args.repeats, args.compile)
+    up, up_full = make_upsampler(128)  # a fresh, uncompiled module (same seed, same weights)
+    full_res = measure(up, up_full, 4, 4, args.repeats, args.compile)
     for k in train_res:  # training on crops, sampling at full size
         train_res[k].update({n: full_res[k][n] for n in ("eval_img_s", "eval_gflops", "gflop_per_img_fwd")})
     rows.append(("upsampler 32->128", train_res))
@@ -192,6 +211,12 @@ def main() -> None:
             f"x{res['bf16']['eval_img_s'] / base['eval_img_s']:.2f} (bf16); fastest training: {best}; "
             f"{res['fp32']['gflop_per_img_fwd']:.2f} GFLOP per forward image"
         )
+        if "compiled" in res:
+            c, e = res["compiled"], res["bf16+cl"]
+            print(
+                f"{name:<18} torch.compile over bf16+cl: train x{c['train_img_s'] / e['train_img_s']:.2f}, "
+                f"sampling x{c['eval_img_s'] / e['eval_img_s']:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -144,3 +144,27 @@ def test_clip_sees_full_resolution_images_of_folder_data():
     assert torch.allclose(batch["image"], down)
     same, key = image_stream("synthetic:8", 16, 16, 4, 0, 0)
     assert key == "image" and next(same)["image"].shape == (4, 3, 16, 16)
+
+
+def test_cli_compile_is_for_the_diffusion_stages(tmp_path, capsys):
+    args = ["-q", "train", "clip", "--data", "synthetic:16", "--preset", "clip-tiny-test", "--compile"]
+    assert main([*args, "--out", str(tmp_path / "c")]) != 0
+    assert "--compile applies to decoder and upsampler training, not clip" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+def test_cli_train_upsampler_compiled_matches_eager(tmp_path):
+    """A real torch.compile run (fp32) trains to the same weights as the eager one."""
+    base = ["-q", "train", "upsampler", "--data", "synthetic:16", "--preset", "upsampler-tiny-test"]
+    base += ["--steps", "2", "--sample-every", "0", "--fp32"]
+    assert main([*base, "--out", str(tmp_path / "eager")]) == 0
+    assert main([*base, "--compile", "--out", str(tmp_path / "compiled")]) == 0
+    assert json.loads((tmp_path / "compiled" / "run.json").read_text())["train"]["compile"] is True
+    eager, compiled = (
+        _weights(tmp_path / "eager" / "upsampler"),
+        _weights(tmp_path / "compiled" / "upsampler"),
+    )
+    assert eager.keys() == compiled.keys()
+    for k in eager:
+        torch.testing.assert_close(compiled[k], eager[k], atol=1e-4, rtol=1e-3)

@@ -271,3 +271,13 @@ def test_time_budget_is_kept_across_a_resume(tmp_path, monkeypatch):
 def test_time_budget_must_be_non_negative():
     with pytest.raises(ValueError, match="time_budget"):
         TrainConfig(time_budget=-1.0)
+
+
+def test_compile_compiles_the_model_in_place_and_keeps_its_weights(tmp_path, monkeypatch, reference):
+    """compile=True calls Module.compile() once on the trained model; state-dict keys are unchanged."""
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    t = make_trainer(tmp_path, CFG.replace(compile=True))
+    assert compiled == [t.model]
+    t.run()
+    assert_same(weights(t), reference[0])  # the (stubbed) compile changed nothing else

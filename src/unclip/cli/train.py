@@ -48,6 +48,12 @@ def add_common_args(parser: argparse.ArgumentParser, default_preset: str | None)
         help="train for about this long: the schedule shrinks to the steps that fit (<= --steps)",
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="decoder, upsampler: torch.compile the denoiser (a minute or more per input shape to compile)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=0,
@@ -83,6 +89,7 @@ _FLAG_TO_FIELD = {
     "log_every": "log_every",
     "sample_every": "sample_every",
     "time_budget": "time_budget",
+    "compile": "compile",
 }
 
 
@@ -94,6 +101,9 @@ def resolve_recipe(args: argparse.Namespace, kind: str) -> tuple[dict[str, Any],
     from unclip.presets import get_preset, load_preset_file
     from unclip.train.config import TrainConfig
 
+    # --compile compiles the module's own forward, which only the diffusion stages' losses call.
+    if getattr(args, "compile", None) and kind not in ("decoder", "upsampler"):
+        raise UserError(f"--compile applies to decoder and upsampler training, not {kind.replace('_', ' ')}")
     if getattr(args, "stop_at", None) is not None and args.stop_at < 1:
         raise UserError(f"--stop-at must be a step >= 1, got {args.stop_at}")
     if args.config:

@@ -35,6 +35,10 @@ class TrainConfig(Config):
             The schedule then ends at the step that fits: the loop measures its step rate after
             a few steps and shrinks ``steps`` (never grows it), re-aiming as the rate moves, so the
             cosine decay still finishes.
+        compile: ``torch.compile`` (inductor) the model's forward in place: calls of the module
+            itself (the decoder's and upsampler's denoiser, in training and in-run sampling) run
+            compiled; weights, checkpoints and exports are unchanged. Compiling costs a minute or
+            more per input shape; docs/benchmarks.md has the measured gain.
     """
 
     steps: int = 1000
@@ -55,6 +59,7 @@ class TrainConfig(Config):
     sample_every: int = 0
     seed: int = 0
     time_budget: float = 0.0
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:

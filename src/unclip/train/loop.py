@@ -196,6 +196,10 @@ class Trainer:
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = loss_fn
+        if config.compile:
+            # In place: the module's own calls run compiled; its class, parameters and state-dict
+            # keys stay as they are, so EMA, checkpoints and exports do not change.
+            self.model.compile()
         self._forward = wrap_ddp(_LossModule(self.model, loss_fn), self.device)
         # fp16 needs loss scaling; bf16 and fp32 do not.
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
