@@ -167,6 +167,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="decoder training batch (the bundle preset's)")
     parser.add_argument("--crops", type=int, default=64, help="upsampler training batch of 32 px crops")
     parser.add_argument("--compile", action="store_true", help="also time bf16 + channels_last compiled")
+    parser.add_argument("--only", choices=["decoder", "upsampler"], help="time one model only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     mm = {
@@ -178,9 +179,13 @@ def main() -> None:
     )
 
     rows = []
-    dec, dec_batch = make_decoder()
-    print(f"decoder: {sum(p.numel() for p in dec.parameters()) / 1e6:.1f}M params, 32 px")
-    rows.append(("decoder 32px", measure(dec, dec_batch, args.batch, 2 * 16, args.repeats, args.compile)))
+    if args.only != "upsampler":
+        dec, dec_batch = make_decoder()
+        print(f"decoder: {sum(p.numel() for p in dec.parameters()) / 1e6:.1f}M params, 32 px")
+        rows.append(("decoder 32px", measure(dec, dec_batch, args.batch, 2 * 16, args.repeats, args.compile)))
+    if args.only == "decoder":
+        report(rows, mm)
+        return
     up, up_crop = make_upsampler(32)
     print(
         f"upsampler: {sum(p.numel() for p in up.parameters()) / 1e6:.1f}M params, train 32 px crops, sample 128 px"
@@ -191,7 +196,11 @@ def main() -> None:
     for k in train_res:  # training on crops, sampling at full size
         train_res[k].update({n: full_res[k][n] for n in ("eval_img_s", "eval_gflops", "gflop_per_img_fwd")})
     rows.append(("upsampler 32->128", train_res))
+    report(rows, mm)
 
+
+def report(rows: list, mm: dict) -> None:
+    """The table: per model and mode, train and sampling rates and their share of the bf16 peak."""
     head = f"{'model':<18} {'mode':<8} {'train img/s':>11} {'GFLOP/s':>8} {'%bf16mm':>7} {'sample img-eval/s':>17} {'GFLOP/s':>8} {'%bf16mm':>7}"
     print(head)
     for name, res in rows:
