@@ -58,6 +58,24 @@ def clip_finetune(
     )  # fmt: skip
 
 
+#: CLIP run H, the first two stages of both shapes recipes: the attribute probe alone for 500 steps,
+#: then InfoNCE + probe; the probe's shape weight rises from 3 to 6 at step 1018 because shape was
+#: slipping (docs/clip.md).
+RUN_H = [
+    (
+        "clip", 1, (),
+        ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
+         "--aux-shape-weight", "3", "--probe-first", "500", "--steps", "1800", "--stop-at", "1018",
+         "--out", "{out}/clip"],
+    ),
+    (
+        "clip_b", 1, ("clip",),
+        ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
+         "--aux-shape-weight", "6", "--probe-first", "500", "--steps", "1800", "--out", "{out}/clip"],
+    ),
+]  # fmt: skip
+
+
 #: Stage recipes per bundle: (name, lane, needs, argv after ``unclip -q``). ``{out}`` is --out.
 RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
     # The 2-hour recipe (docs/bundles.md): every stage under --time-budget, so the whole recipe
@@ -69,17 +87,7 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
     # and background term into run H's curriculum read colour 60 / shape 35 / fill 57 % at step
     # 1,750 against run H's 80 / 60 / 100, and was stopped.
     "shapes": [
-        (
-            "clip", 1, (),
-            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
-             "--aux-shape-weight", "3", "--probe-first", "500", "--steps", "1800", "--stop-at", "1018",
-             "--out", "{out}/clip"],
-        ),
-        (
-            "clip_b", 1, ("clip",),
-            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
-             "--aux-shape-weight", "6", "--probe-first", "500", "--steps", "1800", "--out", "{out}/clip"],
-        ),
+        *RUN_H,
         (
             "clip_j", 1, ("clip_b",),
             ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet-color", "--aux-attributes", "1",
@@ -128,19 +136,7 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
     # The v5 bundle's whole CPU lineage (about 5.7 h; docs/bundles.md): each CLIP was improved in
     # turn and the decoder and priors followed it.
     "shapes-lineage": [
-        # CLIP run H: the attribute probe alone for 500 steps, then InfoNCE + probe; the probe's
-        # shape weight rises from 3 to 6 at step 1018 because shape was slipping (docs/clip.md).
-        (
-            "clip", 1, (),
-            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
-             "--aux-shape-weight", "3", "--probe-first", "500", "--steps", "1800", "--stop-at", "1018",
-             "--out", "{out}/clip"],
-        ),
-        (
-            "clip_b", 1, ("clip",),
-            ["train", "clip", "--data", "shapes", "--preset", "clip-shapes-resnet", "--aux-attributes", "1",
-             "--aux-shape-weight", "6", "--probe-first", "500", "--steps", "1800", "--out", "{out}/clip"],
-        ),
+        *RUN_H,
         # Runs J, K, L: fine-tunes of run H at rising shape weights (zero-shot shape 60 -> 96 %).
         clip_finetune("clip_j", "clip_b", "{out}/clip/clip", shape_weight=6, steps=1500, lr="3e-4", seed=1),
         clip_finetune("clip_k", "clip_j", "{out}/clip_j/clip", shape_weight=12, steps=1500, lr="3e-4", seed=2),
