@@ -78,8 +78,8 @@ RUN_H = [
 
 #: Stage recipes per bundle: (name, lane, needs, argv after ``unclip -q``). ``{out}`` is --out.
 RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
-    # The 2-hour recipe (docs/bundles.md): every stage under --time-budget, so the whole recipe
-    # fits two hours on two cores by construction. Run H's probe-first curriculum (27 min), then
+    # The 2-hour recipe (docs/bundles.md): every stage after run H's curriculum under --time-budget,
+    # so the whole recipe fits two hours on two cores by construction (plan()). Run H (25 min), then
     # one fine-tune that does what runs J-P did in turn: a higher shape weight, the global-colour
     # path (zero-initialised, so it starts where run H ended), the background probe term and
     # background edits (20 min). The decoder starts on run H's tower while that fine-tune runs
