@@ -112,6 +112,15 @@ def exact(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+def unit_close(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Unit-norm embeddings: equal up to float32 rounding of the norm.
+
+    transformers divides by (x**2).sum() ** 0.5 and we use F.normalize, so the last bit may differ;
+    the raw projections before it are compared bit for bit.
+    """
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("normalize", [True, False])
 def test_convert_clip_matches_transformers(tmp_path, normalize):
     model, src = tiny_clip_dir(tmp_path)
@@ -133,10 +142,11 @@ def test_convert_clip_matches_transformers(tmp_path, normalize):
         raw_text = model.text_projection(text_out.pooler_output)
         raw_image = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
     enc = clip.encode_text(TEXTS)
-    exact(enc.text_emb, ref.text_embeds if normalize else raw_text)
+    check = unit_close if normalize else exact
+    check(enc.text_emb, ref.text_embeds if normalize else raw_text)
     exact(enc.text_tokens[mask], text_out.last_hidden_state[mask])
     assert (enc.text_tokens[~mask] == 0).all()
-    exact(clip.encode_image(pixels, preprocessed=True), ref.image_embeds if normalize else raw_image)
+    check(clip.encode_image(pixels, preprocessed=True), ref.image_embeds if normalize else raw_image)
     assert clip.encode_image(torch.rand(1, 3, 20, 24) * 2 - 1).shape == (1, 24)
 
 
@@ -199,7 +209,7 @@ def test_pytorch_bin_weights_only(tmp_path):
     ids, mask = clip.tokenize(TEXTS)
     with torch.no_grad():
         ref = model(input_ids=ids, attention_mask=mask.long(), pixel_values=torch.zeros(1, 3, 16, 16))
-    exact(clip.encode_text(TEXTS).text_emb, ref.text_embeds)
+    unit_close(clip.encode_text(TEXTS).text_emb, ref.text_embeds)
 
     # A pickle with anything but tensors is refused (weights_only), never executed.
     torch.save({"x": _Payload()}, src / "pytorch_model.bin")
