@@ -97,12 +97,17 @@ def test_queue_full_and_cancel() -> None:
 # ------------------------------------------------------------------------- a live server
 
 
-def slow_down(server, seconds: float) -> threading.Event:
-    """Make every batch of ``server`` wait ``seconds`` (or until the event is set) first."""
+def slow_down(server, seconds: float, started: threading.Event | None = None) -> threading.Event:
+    """Make every batch of ``server`` wait ``seconds`` (or until the event is set) first.
+
+    ``started``, if given, is set when the first slowed batch begins.
+    """
     original = server.service.queue.run_batch
     release = threading.Event()
 
     def slow(jobs, callback):
+        if started is not None:
+            started.set()
         end = time.monotonic() + seconds
         while time.monotonic() < end and not release.is_set():
             callback("wait", 0, 1)
@@ -159,7 +164,8 @@ def test_timeout_and_disconnect_cancel(tiny_model: Path) -> None:
 
 def test_batching_keeps_each_requests_seeds(tiny_model: Path) -> None:
     with live_server(tiny_model, max_batch=8) as server:
-        release = slow_down(server, 30)
+        started = threading.Event()
+        release = slow_down(server, 30, started)
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=60)
         prompts = [("a red circle", 11, 1), ("a big blue square", 20, 2), ("a green triangle", 5, 1)]
 
@@ -169,9 +175,14 @@ def test_batching_keeps_each_requests_seeds(tiny_model: Path) -> None:
 
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             blocker = pool.submit(call, "a small red circle", 0, 1)
-            time.sleep(0.3)
+            # The blocker's batch must be running before the three arrive, and all three must be
+            # queued before it ends, or they split differently (no fixed sleeps: CI may be slow).
+            assert started.wait(30)
             futures = [pool.submit(call, *p) for p in prompts]
-            time.sleep(0.5)
+            deadline = time.monotonic() + 30
+            while server.service.queue.waiting() < len(prompts) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert server.service.queue.waiting() == len(prompts)
             release.set()
             batched = [f.result() for f in futures]
             blocker.result()
