@@ -120,7 +120,8 @@ def slow_down(server, seconds: float, started: threading.Event | None = None) ->
 
 def test_queue_full_gives_429_then_recovers(tiny_model: Path) -> None:
     with live_server(tiny_model, queue_size=1, max_batch=1) as server:
-        slow_down(server, 1.5)
+        started = threading.Event()
+        release = slow_down(server, 30, started)
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=60)
 
         def call(i: int) -> str:
@@ -132,12 +133,16 @@ def test_queue_full_gives_429_then_recovers(tiny_model: Path) -> None:
                 return "429"
 
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            outcomes = []
-            for i in range(4):
-                outcomes.append(pool.submit(call, i))
-                time.sleep(0.2)
-            results = sorted(f.result() for f in outcomes)
-        assert results == ["429", "429", "ok", "ok"]  # one running, one waiting, two refused
+            running = pool.submit(call, 0)
+            assert started.wait(30)
+            waiting = pool.submit(call, 1)
+            deadline = time.monotonic() + 30
+            while server.service.queue.waiting() < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            refused = [pool.submit(call, i).result() for i in (2, 3)]  # queue full: refused at once
+            release.set()
+            results = [running.result(), waiting.result(), *refused]
+        assert results == ["ok", "ok", "429", "429"]  # one running, one waiting, two refused
         assert httpx.get(server.url + "/health").json()["stats"]["rejected"] == 2
         server.service.queue.run_batch = server.service.run_batch
         assert client.images.generate(prompt="a red circle", size="16x16").data[0].url
