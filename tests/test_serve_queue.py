@@ -97,6 +97,14 @@ def test_queue_full_and_cancel() -> None:
 # ------------------------------------------------------------------------- a live server
 
 
+def wait_until(condition, timeout: float = 30) -> bool:
+    """Poll ``condition()`` until it holds or ``timeout`` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return bool(condition())
+
+
 def slow_down(server, seconds: float, started: threading.Event | None = None) -> threading.Event:
     """Make every batch of ``server`` wait ``seconds`` (or until the event is set) first.
 
@@ -136,9 +144,7 @@ def test_queue_full_gives_429_then_recovers(tiny_model: Path) -> None:
             running = pool.submit(call, 0)
             assert started.wait(30)
             waiting = pool.submit(call, 1)
-            deadline = time.monotonic() + 30
-            while server.service.queue.waiting() < 1 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            assert wait_until(lambda: server.service.queue.waiting() == 1)
             refused = [pool.submit(call, i).result() for i in (2, 3)]  # queue full: refused at once
             release.set()
             results = [running.result(), waiting.result(), *refused]
@@ -161,10 +167,7 @@ def test_timeout_and_disconnect_cancel(tiny_model: Path) -> None:
         slow_down(server, 30)
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(server.url + "/v1/images/generations", json={"prompt": "a red circle"}, timeout=0.5)
-        deadline = time.monotonic() + 10
-        while server.service.queue.running and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not server.service.queue.running  # the client left: its job stopped
+        assert wait_until(lambda: not server.service.queue.running, 10)  # the client left: its job stopped
 
 
 def test_batching_keeps_each_requests_seeds(tiny_model: Path) -> None:
@@ -184,10 +187,7 @@ def test_batching_keeps_each_requests_seeds(tiny_model: Path) -> None:
             # queued before it ends, or they split differently (no fixed sleeps: CI may be slow).
             assert started.wait(30)
             futures = [pool.submit(call, *p) for p in prompts]
-            deadline = time.monotonic() + 30
-            while server.service.queue.waiting() < len(prompts) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert server.service.queue.waiting() == len(prompts)
+            assert wait_until(lambda: server.service.queue.waiting() == len(prompts))
             release.set()
             batched = [f.result() for f in futures]
             blocker.result()
