@@ -29,7 +29,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
-from _peers_common import closest, measure, measure_calls
+from _peers_common import closest, flop_fields, measure, measure_calls
 
 DEC_MULTS = (1, 2, 2)  # our decoder-shapes preset's channel multipliers, kept for every peer
 UP_MULTS = (1, 2, 4)  # our shapes bundle upsampler's channel multipliers (e2e case)
@@ -63,8 +63,9 @@ def pick(
 
 
 def measure_job(job: dict, run: Callable[[int, str], object], items: int) -> dict:
-    """Sampling jobs: time ``run(steps, precision)`` for each of the job's precisions."""
-    return measure(
+    """Sampling jobs: time ``run(steps, precision)`` for each of the job's precisions, and count
+    the FLOPs of the full step count."""
+    res = measure(
         job["precisions"],
         run,
         items,
@@ -73,6 +74,7 @@ def measure_job(job: dict, run: Callable[[int, str], object], items: int) -> dic
         job.get("steps_timed"),
         job["warmup_steps"],
     )
+    return {**res, **flop_fields(run, items, job.get("steps"))}
 
 
 # ----------------------------------------------------------------------------- dalle2-pytorch
@@ -152,6 +154,7 @@ def dalle2_decoder_train(job: dict) -> dict:
 
     n = job["train_steps"]
     res = measure(job["precisions"], run, b * n, job["repeats"], steps_timed=n, warmup_steps=1)
+    res.update(flop_fields(run, b))
     return {"config": cfg + ", AdamW", "params": count(decoder), "candidates": counts, **res}
 
 

@@ -112,6 +112,12 @@ def _rate(row: Mapping[str, Any], precision: str) -> float | None:
     return float(v) if v is not None else None
 
 
+def achieved_gflops(row: Mapping[str, Any], precision: str) -> float | None:
+    """Counted GFLOP per item times items/s: how much arithmetic the implementation gets done."""
+    r, g = _rate(row, precision), row.get("gflop_per_item")
+    return r * g if r is not None and g else None
+
+
 def case_tables(case: Mapping[str, Any]) -> str:
     """Markdown for one case: a throughput table and a ratio table (ours / peer, per pairing).
 
@@ -125,6 +131,7 @@ def case_tables(case: Mapping[str, Any]) -> str:
     ours = [r for r in rows if r["side"] == "ours"]
     peers = [r for r in rows if r["side"] == "peer"]
     ref = ours[0]["params"] if ours else None
+    flops = any(r.get("gflop_per_item") for r in rows)
     body = []
     for r in rows:
         delta = ""
@@ -134,9 +141,16 @@ def case_tables(case: Mapping[str, Any]) -> str:
         for p in PRECISIONS:
             err = r.get("errors", {}).get(p)
             cells.append(f"failed: {err}" if err else fmt_rate(_rate(r, p)))
+        if flops:
+            g = r.get("gflop_per_item")
+            cells.append(f"{g:.3g}" if g else "-")
+            cells.append(" / ".join(fmt_rate(achieved_gflops(r, p)) for p in PRECISIONS))
         body.append(cells)
     out = [f"**{case['title']}**", ""]
-    out.append(markdown_table(["implementation", "params", f"fp32 {unit}", f"bf16 autocast {unit}"], body))
+    headers = ["implementation", "params", f"fp32 {unit}", f"bf16 autocast {unit}"]
+    if flops:
+        headers += ["GFLOP per item", "achieved GFLOP/s fp32 / bf16"]
+    out.append(markdown_table(headers, body))
     if ours and peers:
         pairs = []
         for o in ours:
@@ -205,6 +219,38 @@ def measure(
         seconds[p] = t
         rates[p] = per_second(items, t, steps, steps_timed)
     return {"rates": rates, "seconds": seconds, "errors": errors}
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations of one call of ``fn`` (``torch.utils.flop_counter``: matmuls,
+    convolutions and attention; elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return int(fc.get_total_flops())
+
+
+def flop_fields(run: Callable[[int, str], object], items: int, steps: int | None = None) -> dict[str, Any]:
+    """GFLOP per output item of a job, for the achieved-GFLOP/s column of :func:`case_tables`.
+
+    ``run(n, precision)`` is the timed callable (n sampler steps, or n optimizer steps when
+    ``steps`` is None). Sampling jobs are counted at 2 and 3 steps (some schedulers refuse 1), so
+    a fixed cost per call (a cached caption prefix) is counted once and the per-step cost
+    ``steps`` times.
+
+    Returns:
+        {"gflop_per_item": x}, or {"flops_error": message} when counting fails.
+    """
+    try:
+        if steps and steps > 2:
+            two = count_flops(lambda: run(2, "fp32"))
+            total = two + (steps - 2) * (count_flops(lambda: run(3, "fp32")) - two)
+        else:
+            total = count_flops(lambda: run(steps or 1, "fp32"))
+    except Exception as exc:  # a peer that cannot run one step: report, do not fail the job
+        return {"flops_error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"}
+    return {"gflop_per_item": total / items / 1e9}
 
 
 def measure_calls(

@@ -60,6 +60,7 @@ from _peers_common import (
     PRECISIONS,
     case_tables,
     cut_steps,
+    flop_fields,
     fmt_params,
     fmt_stages,
     measure,
@@ -229,6 +230,7 @@ def ours_decoder_sample(size: int, s: dict) -> list[dict]:
 
         timed = min(steps, s["decoder_timed"] or steps)
         res = measure(PRECISIONS, run, b, s["repeats"], steps, timed, warmup_steps=2)
+        res.update(flop_fields(run, b, steps))
         note = None
         if (steps, sampler) != (s["decoder_steps"], "ddim"):
             note = (
@@ -272,6 +274,7 @@ def ours_prior_sample(s: dict) -> dict:
 
     timed = min(s["prior_steps"], s["prior_timed"] or s["prior_steps"])
     res = measure(PRECISIONS, run, b, s["repeats"], s["prior_steps"], timed, warmup_steps=2)
+    res.update(flop_fields(run, b, s["prior_steps"]))
     desc = (
         f"prior-diffusion-shapes preset: width={cfg.width}, layers={cfg.layers}, heads={cfg.heads}, "
         f"embed_dim={cfg.embed_dim}, text_width={cfg.text_width}, {TEXT_LEN} caption tokens"
@@ -313,6 +316,7 @@ def ours_train(s: dict) -> dict:
 
     n = s["train_steps"]
     res = measure(PRECISIONS, run, b * n, s["repeats"], steps_timed=n, warmup_steps=1)
+    res.update(flop_fields(run, b))
     dec.to(memory_format=torch.contiguous_format)
     return {
         "side": "ours",

@@ -211,3 +211,37 @@ def test_e2e_peer_stages_match_ours_within_tolerance():
         for stage, diff in pc.stage_diffs(stages, res["stage_params"]).items():
             assert abs(diff) <= pc.PARAM_TOLERANCE, (lib, stage, diff, res["candidates"][stage])
         assert res["params"] == sum(res["stage_params"].values())
+
+
+def test_flop_fields_counts_a_fixed_prefix_once_and_each_step_steps_times():
+    import torch
+
+    w, x = torch.randn(64, 64), torch.randn(8, 64)
+    mm = 2 * 8 * 64 * 64  # FLOPs of one x @ w
+
+    def run(steps, precision):
+        assert precision == "fp32"
+        y = x @ w  # a fixed per-call prefix (like a cached caption)
+        for _ in range(steps):
+            y = (y @ w) @ w  # two network evaluations per step (like CFG)
+
+    res = pc.flop_fields(run, items=8, steps=50)
+    assert res["gflop_per_item"] == pytest.approx((mm + 50 * 2 * mm) / 8 / 1e9)
+    # training-style jobs (no step count) count one call
+    assert pc.flop_fields(run, items=8)["gflop_per_item"] == pytest.approx(3 * mm / 8 / 1e9)
+
+    def broken(steps, precision):
+        raise ZeroDivisionError("division by zero")
+
+    assert pc.flop_fields(broken, items=8, steps=50) == {"flops_error": "ZeroDivisionError: division by zero"}
+
+
+def test_case_tables_add_achieved_gflops_when_flops_were_counted():
+    case = fake_case()
+    case["rows"][0]["gflop_per_item"] = 10.0  # ours: 2 / 6 items/s
+    case["rows"][1]["gflop_per_item"] = 20.0  # peerA: 1 / 3 items/s
+    lines = pc.case_tables(case).splitlines()
+    assert lines[2].endswith("| GFLOP per item | achieved GFLOP/s fp32 / bf16 |")
+    assert "| ours | 1.00M | 2 | 6 | 10 | 20.0 / 60.0 |" in lines
+    assert "| peerA | 1.05M (+5.0%) | 1 | 3 | 20 | 20.0 / 60.0 |" in lines
+    assert "| peerB | 950.0k (-5.0%) | 4 | failed: RuntimeError: no bf16 kernel | - | - / - |" in lines
