@@ -245,3 +245,25 @@ def test_case_tables_add_achieved_gflops_when_flops_were_counted():
     assert "| ours | 1.00M | 2 | 6 | 10 | 20.0 / 60.0 |" in lines
     assert "| peerA | 1.05M (+5.0%) | 1 | 3 | 20 | 20.0 / 60.0 |" in lines
     assert "| peerB | 950.0k (-5.0%) | 4 | failed: RuntimeError: no bf16 kernel | - | - / - |" in lines
+
+
+def test_decoder_profile_lists_each_distinct_3x3_conv_once():
+    import decoder_profile
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, padding=1)
+            self.b = nn.Conv2d(8, 8, 3, padding=1)
+            self.c = nn.Conv2d(8, 8, 3, padding=1)  # same shape as b: listed once
+            self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1)  # strided: not listed
+            self.d = nn.Conv2d(8, 4, 3, padding=1)
+            self.one = nn.Conv2d(4, 4, 1)  # 1x1: not listed
+
+        def forward(self, x):
+            return self.one(self.d(self.down(self.c(self.b(self.a(x))))))
+
+    shapes = decoder_profile.conv_shapes(Net(), torch.randn(2, 3, 16, 16))
+    assert shapes == [(3, 8, 16, 16), (8, 8, 16, 16), (8, 4, 8, 8)]
