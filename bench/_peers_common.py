@@ -188,6 +188,12 @@ def best_time(fn: Callable[[], object], repeats: int, warmup: Callable[[], objec
     return min(times)
 
 
+def error_line(exc: BaseException, width: int) -> str:
+    """``Type: first line of the message`` (at most ``width`` characters of it), or ``Type``."""
+    first = str(exc).splitlines()[0][:width] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def measure(
     precisions: Sequence[str],
     run: Callable[[int, str], object],
@@ -213,8 +219,7 @@ def measure(
             t = best_time(lambda p=p: run(timed, p), repeats, warmup=lambda p=p: run(warmup_steps, p))
         except Exception as exc:
             rates[p] = None
-            first = str(exc).splitlines()[0][:160] if str(exc) else ""
-            errors[p] = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+            errors[p] = error_line(exc, 160)
             continue
         seconds[p] = t
         rates[p] = per_second(items, t, steps, steps_timed)
@@ -249,7 +254,7 @@ def flop_fields(run: Callable[[int, str], object], items: int, steps: int | None
         else:
             total = count_flops(lambda: run(steps or 1, "fp32"))
     except Exception as exc:  # a peer that cannot run one step: report, do not fail the job
-        return {"flops_error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"}
+        return {"flops_error": error_line(exc, 120)}
     return {"gflop_per_item": total / items / 1e9}
 
 

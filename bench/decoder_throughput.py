@@ -24,16 +24,20 @@ and bf16 convolution backward passes in particular slow down erratically.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from unclip.models.decoder import Decoder, DecoderConfig
 from unclip.models.upsampler import Upsampler, UpsamplerConfig
 from unclip.nn.precision import autocast
 from unclip.presets import get_preset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _peers_common import count_flops
 
 CLIP_DIM, TEXT_DIM, TEXT_LEN = 128, 192, 32  # the shapes CLIP's widths
 
@@ -47,12 +51,6 @@ def best_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as fc:
-        fn()
-    return fc.get_total_flops()
 
 
 def matmul_gflops(dtype: torch.dtype, repeats: int, n: int = 1024) -> float:
