@@ -15,7 +15,7 @@ two lanes, one per core (``OMP_NUM_THREADS=1`` each), and a stage starts when th
 are done:
 
     shapes, lane 1: clip -> clip_b -> clip_j -> embed -> prior -> prior_ar -> (upsampler) upsampler_ft
-            lane 2: upsampler -> (clip_b) decoder -> (clip_j) decoder_j
+            lane 2: upsampler -> (clip_b) decoder -> (clip_j) decoder_j -> decoder_f
     shapes-lineage, lane 1: clip -> clip_b -> clip_j -> clip_k -> clip_l -> clip_n -> clip_p -> clip_p2
                     -> embed -> prior -> prior_ar -> upsampler -> upsampler_ft -> upsampler_ft2
             lane 2: (clip_b) decoder -> decoder_ft -> (clip_k) decoder_k -> (clip_n) decoder_n -> decoder_n2
@@ -85,7 +85,9 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
     # background edits (20 min). The decoder starts on run H's tower while that fine-tune runs
     # and then follows it (the lineage's CLIP-hopping, once). A first try that put the colour path
     # and background term into run H's curriculum read colour 60 / shape 35 / fill 57 % at step
-    # 1,750 against run H's 80 / 60 / 100, and was stopped.
+    # 1,750 against run H's 80 / 60 / 100, and was stopped. The decoder trains with min-SNR
+    # weighting and ends with a flat-loss phase, as the lineage did: a flat loss throughout read
+    # colour 92 / shape 10 % at n = 48, min-SNR alone 65 / 33 at 2,000 steps (docs/bundles.md).
     "shapes": [
         *RUN_H,
         (
@@ -123,14 +125,22 @@ RECIPES: dict[str, list[tuple[str, int, tuple[str, ...], list[str]]]] = {
         ),
         (
             "decoder", 2, ("clip_b", "upsampler"),
-            ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip/clip", "--preset", "decoder-shapes-flat",
+            ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip/clip", "--preset", "decoder-shapes",
              "--steps", "3000", "--time-budget", "1140", "--out", "{out}/decoder"],
         ),
         (
             "decoder_j", 2, ("decoder", "clip_j"),
-            ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip_j/clip", "--preset", "decoder-shapes-flat",
-             "--steps", "6000", "--time-budget", "3900", "--lr", "5e-4", "--warmup", "100", "--sample-every", "1000",
+            ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip_j/clip", "--preset", "decoder-shapes",
+             "--steps", "6000", "--time-budget", "2700", "--lr", "5e-4", "--warmup", "100", "--sample-every", "1000",
              "--seed", "2", "--init-from", "{out}/decoder/decoder", "--out", "{out}/decoder_j"],
+        ),
+        # The lineage's last phase (decoder_p): the unweighted v loss, which weights the noisiest
+        # steps where a 32 px image's colour and background are decided (docs/decoder.md, v5).
+        (
+            "decoder_f", 2, ("decoder_j",),
+            ["train", "decoder", "--data", "shapes", "--clip", "{out}/clip_j/clip", "--preset", "decoder-shapes-flat",
+             "--steps", "2000", "--time-budget", "1140", "--lr", "4e-4", "--warmup", "100", "--sample-every", "500",
+             "--seed", "6", "--init-from", "{out}/decoder_j/decoder", "--out", "{out}/decoder_f"],
         ),
     ],
     # The v5 bundle's whole CPU lineage (about 5.7 h; docs/bundles.md): each CLIP was improved in
@@ -323,7 +333,7 @@ DEFAULTS = {
 }
 #: The stage whose run directory provides each component of the assembled model.
 FINAL = {
-    "shapes": {"clip": "clip_j", "decoder": "decoder_j", "prior": "prior", "prior_ar": "prior_ar",
+    "shapes": {"clip": "clip_j", "decoder": "decoder_f", "prior": "prior", "prior_ar": "prior_ar",
                "upsampler": "upsampler_ft"},
     "shapes-lineage": {"clip": "clip_p2", "decoder": "decoder_p", "prior": "prior", "prior_ar": "prior_ar",
                "upsampler": "upsampler_ft2"},

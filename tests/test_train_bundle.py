@@ -10,7 +10,7 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_bundle.py"
 SHAPES_STAGES = [
     "clip", "clip_b", "clip_j", "embed", "prior", "prior_ar", "upsampler", "upsampler_ft", "decoder",
-    "decoder_j",
+    "decoder_j", "decoder_f",
 ]  # fmt: skip
 LINEAGE_STAGES = [
     "clip", "clip_b", "clip_j", "clip_k", "clip_l", "clip_n", "clip_p", "clip_p2", "embed", "prior",
@@ -49,9 +49,13 @@ def test_dry_run_lists_every_stage_in_dependency_order(tmp_path):
     lines = dry_run(tmp_path)
     assert [line.split(" ", 1)[0] for line in lines] == SHAPES_STAGES
     assert all("--resume" not in line for line in lines)
+    # min-SNR while the decoder learns shape, then the flat loss's short last phase (as the lineage)
     decoder = next(line for line in lines if line.startswith("decoder_j"))
-    assert f"--clip {tmp_path}/clip_j/clip" in decoder and "--preset decoder-shapes-flat" in decoder
+    assert f"--clip {tmp_path}/clip_j/clip" in decoder and "--preset decoder-shapes " in decoder
     assert f"--init-from {tmp_path}/decoder/decoder" in decoder
+    final = next(line for line in lines if line.startswith("decoder_f"))
+    assert f"--clip {tmp_path}/clip_j/clip" in final and "--preset decoder-shapes-flat" in final
+    assert f"--init-from {tmp_path}/decoder_j/decoder" in final
 
 
 def test_the_recipes_fit_two_hours_by_construction():
@@ -66,6 +70,7 @@ def test_the_recipes_fit_two_hours_by_construction():
     # the decoder waits for nothing but its CLIP: it starts when run H's tower is ready
     assert times["decoder"][0] == times["clip_b"][1]
     assert times["decoder_j"][0] == max(times["decoder"][1], times["clip_j"][1])
+    assert times["decoder_f"][0] == times["decoder_j"][1]
 
 
 def test_lineage_dry_run_lists_every_stage_in_dependency_order(tmp_path):
