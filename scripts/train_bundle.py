@@ -25,7 +25,7 @@ are done:
 
 When one lane has nothing left to do while the other is still training, the running stage is
 stopped at its next step (SIGTERM: it saves a checkpoint) and resumed with two threads, so the
-second core is not left idle. A finished stage leaves ``OUT/<stage>.done`` and is skipped on the next invocation; an interrupted
+second core is not left idle; the lane's later stages start with two threads. A finished stage leaves ``OUT/<stage>.done`` and is skipped on the next invocation; an interrupted
 training stage is resumed from its last atomic checkpoint (``--resume``). ``OUT/recipe.json``
 records every command, its exit status and its wall time. Stop with Ctrl-C at any moment and run
 the same command again to continue.
@@ -370,6 +370,7 @@ class Runner:
         self.record = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {}
         self.running: dict[str, subprocess.Popen[bytes]] = {}
         self.widen: set[str] = set()  # stages stopped to be resumed with two threads
+        self.wide: set[str] = set()  # stages running on two threads
 
     def marker(self, name: str) -> Path:
         return self.out / f"{name}.done"
@@ -396,9 +397,12 @@ class Runner:
             pid_file.write_text(str(proc.pid))
             with self.lock:
                 self.running[stage.name] = proc
+                if threads > 1:
+                    self.wide.add(stage.name)
             code = proc.wait()
             with self.lock:
                 del self.running[stage.name]
+                self.wide.discard(stage.name)
             pid_file.unlink(missing_ok=True)
         seconds = time.time() - start
         with self.lock:
@@ -431,7 +435,7 @@ class Runner:
         with self.lock:
             dirs = {s.name: s.run_dir(self.out) for s in self.stages}
             for name, proc in self.running.items():
-                if name not in self.widen and (dirs[name] / "state.pt").is_file():
+                if name not in self.widen | self.wide and (dirs[name] / "state.pt").is_file():
                     self.widen.add(name)
                     proc.send_signal(signal.SIGTERM)  # the trainer saves at the end of this step
                     print(f"[{time.strftime('%H:%M:%S')}] {name}: restarting on two threads", flush=True)
@@ -472,7 +476,9 @@ class Runner:
                 if self.failed:
                     return
                 time.sleep(5)
-            if not self.run_stage(stage):
+            # Every other lane's stages are done: this one has both cores from the start.
+            others_done = all(self.marker(s.name).is_file() for s in self.stages if s.lane != number)
+            if not self.run_stage(stage, threads=2 if others_done else 1):
                 with self.lock:
                     self.failed.append(stage.name)
                 return

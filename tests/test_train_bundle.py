@@ -137,3 +137,32 @@ def test_a_lane_that_raises_fails_the_recipe(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "run_stage", boom)
     assert not runner.run()
     assert sorted(runner.failed) == ["lane 1", "lane 2"]
+
+
+def test_a_stage_started_after_the_other_lane_is_done_gets_both_cores(tmp_path, monkeypatch):
+    """Lane 1 ends first: lane 2's running stage is widened, and its later stages start on 2 threads."""
+    tb = load_script()
+    stages = [
+        tb.Stage("a", 1, (), ["--out", "{out}/a"]),
+        tb.Stage("b", 2, (), ["--out", "{out}/b"]),
+        tb.Stage("c", 2, ("a", "b"), ["--out", "{out}/c"]),
+    ]
+    runner = tb.Runner(tmp_path, stages, dry_run=False)
+    started: dict[str, int] = {}
+
+    def fake(stage, threads=1):
+        started[stage.name] = threads
+        runner.marker(stage.name).touch()
+        return True
+
+    monkeypatch.setattr(runner, "run_stage", fake)
+    assert runner.run()
+    assert started["c"] == 2  # a and b have no order between them; c always follows lane 1's end
+
+    # A second invocation after lane 1 finished: lane 2's unfinished stage starts on both cores.
+    runner = tb.Runner(tmp_path, stages, dry_run=False)
+    runner.marker("c").unlink()
+    started.clear()
+    monkeypatch.setattr(runner, "run_stage", fake)
+    assert runner.run()
+    assert started == {"c": 2}
