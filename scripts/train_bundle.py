@@ -25,8 +25,9 @@ are done:
 
 When one lane has nothing left to do while the other is still training, the running stage is
 stopped at its next step (SIGTERM: it saves a checkpoint) and resumed with two threads, so the
-second core is not left idle; the lane's later stages start with two threads. A finished stage leaves ``OUT/<stage>.done`` and is skipped on the next invocation; an interrupted
-training stage is resumed from its last atomic checkpoint (``--resume``). ``OUT/recipe.json``
+second core is not left idle; the lane's later stages, and the evaluation, start with two
+threads. A finished stage leaves ``OUT/<stage>.done`` and is skipped on the next invocation; an
+interrupted training stage is resumed from its last atomic checkpoint (``--resume``). ``OUT/recipe.json``
 records every command, its exit status and its wall time. Stop with Ctrl-C at any moment and run
 the same command again to continue.
 """
@@ -556,7 +557,7 @@ def main() -> int:
             (),
             ["evaluate", "--model", str(model), *EVALS[BUNDLE[a.bundle]], "--out", "{out}/eval"],
         )
-        if not runner.run_stage(eval_stage):
+        if not runner.run_stage(eval_stage, threads=2):  # the lanes are done: both cores
             return 1
     return 0
 
