@@ -27,9 +27,9 @@ When one lane has nothing left to do while the other is still training, the runn
 stopped at its next step (SIGTERM: it saves a checkpoint) and resumed with two threads, so the
 second core is not left idle; the lane's later stages, and the evaluation, start with two
 threads. A finished stage leaves ``OUT/<stage>.done`` and is skipped on the next invocation; an
-interrupted training stage is resumed from its last atomic checkpoint (``--resume``). ``OUT/recipe.json``
-records every command, its exit status and its wall time. Stop with Ctrl-C at any moment and run
-the same command again to continue.
+interrupted training stage is resumed from its last atomic checkpoint (``--resume``).
+``OUT/recipe.json`` records every command, its exit status and its wall time. Stop with Ctrl-C at
+any moment and run the same command again to continue.
 """
 
 from __future__ import annotations

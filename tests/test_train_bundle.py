@@ -140,7 +140,7 @@ def test_a_lane_that_raises_fails_the_recipe(tmp_path, monkeypatch):
 
 
 def test_a_stage_started_after_the_other_lane_is_done_gets_both_cores(tmp_path, monkeypatch):
-    """Lane 1 ends first: lane 2's running stage is widened, and its later stages start on 2 threads."""
+    """A stage that starts once every other lane's stages are done starts on 2 threads."""
     tb = load_script()
     stages = [
         tb.Stage("a", 1, (), ["--out", "{out}/a"]),
